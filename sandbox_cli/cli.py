@@ -1,0 +1,335 @@
+"""The typer app. Each command parses its flags, calls one operation and renders the result."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from . import config, execute, sandbox, ui, validate
+from .errors import EXIT_TIMEOUT, InvalidInput
+from .state import SandboxRecord, StateStore
+
+app = typer.Typer(
+    name="sandbox",
+    help="Run untrusted code (above all, code written by language models) in locked-down "
+    "Docker containers.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by `start` and `run`. None means "not given": config files and SANDBOX_*
+# variables then decide (see config.resolve).
+NameOpt = Annotated[str | None, typer.Option("--name", help="Sandbox name (default: generated).")]
+ImageOpt = Annotated[str | None, typer.Option(
+    "--image", help="Image to run [default: python:alpine, or $SANDBOX_IMAGE].")]
+NetworkOpt = Annotated[bool | None, typer.Option(
+    "--network/--no-network", help="Give the container a network (off by default).")]
+PortOpt = Annotated[list[str] | None, typer.Option(
+    "--port", "-p", help="Publish [IP:]HOST:CONTAINER[/PROTO]; binds 127.0.0.1 unless IP given. "
+    "Needs --network. Repeatable.")]
+EnvOpt = Annotated[list[str] | None, typer.Option(
+    "--env", "-e", help="KEY=VALUE (or KEY to pass the host's value). Repeatable.")]
+KeepOpt = Annotated[bool | None, typer.Option(
+    "--keep/--no-keep", help="Never expire, and survive a bare `purge`.")]
+TtlOpt = Annotated[str | None, typer.Option(
+    "--ttl", help="Lifetime before Docker removes it: 30s, 10m, 2h [default: 1h].")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    "--memory", help="Memory limit, no extra swap [default: 1g].")]
+CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPU limit [default: 1].")]
+PidsOpt = Annotated[int | None, typer.Option(
+    "--pids-limit", help="Process limit [default: 256].")]
+ReadOnlyOpt = Annotated[bool | None, typer.Option(
+    "--read-only/--writable-root",
+    help="Read-only root filesystem with a tmpfs /tmp (/app stays writable).")]
+RuntimeOpt = Annotated[str | None, typer.Option(
+    "--runtime", help="OCI runtime, e.g. runsc for gVisor.")]
+CapAddOpt = Annotated[list[str] | None, typer.Option(
+    "--cap-add", help="Give back a Linux capability (all are dropped). Repeatable.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+TimeoutOpt = Annotated[str | None, typer.Option(
+    "--timeout", help="Stop the command after SECONDS (or 30s, 5m); exit code 124.")]
+WorkdirOpt = Annotated[str | None, typer.Option(
+    "--workdir", "-w", help="Working directory in the container [default: /app].")]
+
+
+def _store() -> StateStore:
+    return StateStore()
+
+
+def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
+    return {
+        "name": record.name, "container_id": record.container_id, "image": record.image,
+        "status": "running", "volume": store.volume_path(record.name),
+        "network": record.network, "ports": record.ports, "keep": record.keep,
+        "created_at": record.created_at, "expires_at": record.expires_at,
+    }
+
+
+def _env_pairs(values: list[str] | None) -> dict[str, str]:
+    return dict(validate.env_pair(v, dict(os.environ)) for v in values or [])
+
+
+def _timeout_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return validate.timeout(float(value))
+    except ValueError:
+        return float(validate.duration(value))
+
+
+def _resolve_start(image: str | None, network: bool | None, port: list[str] | None,
+                   env: list[str] | None, keep: bool | None, ttl: str | None,
+                   memory: str | None, cpus: float | None, pids: int | None,
+                   read_only: bool | None, runtime: str | None,
+                   cap_add: list[str] | None) -> config.StartOptions:
+    flags: dict[str, Any] = {
+        "image": validate.image(image) if image is not None else None,
+        "network": network,
+        "ports": [validate.port(p) for p in port] if port else None,
+        "env": _env_pairs(env) if env else None,
+        "keep": keep,
+        "ttl": (validate.duration(ttl), ttl)[1] if ttl is not None else None,
+        "memory": validate.memory(memory) if memory is not None else None,
+        "cpus": validate.cpus(cpus) if cpus is not None else None,
+        "pids": validate.pids(pids) if pids is not None else None,
+        "read_only": read_only,
+        "runtime": validate.runtime(runtime) if runtime is not None else None,
+        "cap_add": list(cap_add) if cap_add else None,
+    }
+    resolved = config.resolve(flags)
+    for key in resolved.loosened_by_project:
+        ui.warn(f"{resolved.files[-1]} sets {key}: {getattr(resolved.options, key)!r}")
+    return resolved.options
+
+
+@app.command()
+def start(name: NameOpt = None, image: ImageOpt = None, network: NetworkOpt = None,
+          port: PortOpt = None, env: EnvOpt = None, keep: KeepOpt = None, ttl: TtlOpt = None,
+          memory: MemoryOpt = None, cpus: CpusOpt = None, pids_limit: PidsOpt = None,
+          read_only: ReadOnlyOpt = None, runtime: RuntimeOpt = None,
+          cap_add: CapAddOpt = None, json_out: JsonOpt = False) -> None:
+    """Start a sandbox and print its name (NAME=$(sandbox start))."""
+    options = _resolve_start(image, network, port, env, keep, ttl, memory, cpus, pids_limit,
+                             read_only, runtime, cap_add)
+    store = _store()
+    record = sandbox.start(store, options, name, progress=ui.info)
+    if json_out:
+        ui.emit_json(_record_json(record, store))
+    else:
+        ui.data(record.name)
+
+
+@app.command("exec", context_settings={"ignore_unknown_options": True})
+def exec_(
+    name: Annotated[str, typer.Argument(help="Sandbox name.")],
+    command: Annotated[list[str], typer.Argument(help="Command and arguments (no shell).")],
+    timeout: TimeoutOpt = None,
+    env: EnvOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print {exitCode, stdout, stderr, failed, ...} instead of streaming.")
+    ] = False,
+) -> None:
+    """Run a command in a sandbox; exits with its exit code (124 on timeout)."""
+    seconds = _timeout_seconds(timeout)
+    pairs = _env_pairs(env)
+    directory = validate.container_dir(workdir) if workdir else None
+    execute.check_runnable(_store(), name)
+    if json_out:
+        result = execute.run_captured(name, command, env=pairs, workdir=directory,
+                                      timeout=seconds)
+        ui.emit_json(result.to_json())
+        raise typer.Exit(result.exit_code)
+    code = execute.run_passthrough(name, command, env=pairs, workdir=directory, timeout=seconds)
+    if code == EXIT_TIMEOUT:
+        ui.error(f"timed out after {timeout}; the command was stopped in the container")
+    raise typer.Exit(code)
+
+
+@app.command()
+def write(
+    name: Annotated[str, typer.Argument(help="Sandbox name.")],
+    path: Annotated[str, typer.Argument(help="File path relative to /app.")],
+    text: Annotated[str | None, typer.Argument(help="Content; stdin when omitted.")] = None,
+) -> None:
+    """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
+    source = text.encode() if text is not None else sys.stdin.buffer
+    sandbox.write_file(_store(), name, path, source)
+
+
+@app.command()
+def read(
+    name: Annotated[str, typer.Argument(help="Sandbox name.")],
+    path: Annotated[str, typer.Argument(help="File path relative to /app.")],
+) -> None:
+    """Write a file's bytes from the sandbox folder to stdout."""
+    sys.stdout.flush()
+    sandbox.read_file(_store(), name, path, sys.stdout.fileno())
+
+
+@app.command("copy-to")
+def copy_to(
+    name: Annotated[str, typer.Argument(help="Sandbox name.")],
+    pattern: Annotated[str, typer.Argument(help="gitignore-style glob, e.g. 'src/**'.")],
+    dest: Annotated[str, typer.Argument(help="Folder relative to /app.")] = ".",
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Leave out files matching this glob. Repeatable.")] = None,
+    no_ignore: Annotated[bool, typer.Option(
+        "--no-ignore", help="Do not honour .gitignore (and copy .git).")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy host files matching PATTERN (relative to the current directory) into the sandbox."""
+    with ui.copy_progress() as advance:
+        summary = sandbox.copy_to(_store(), name, [pattern], dest, exclude or [],
+                                  use_gitignore=not no_ignore, on_file=advance)
+    _report_copy(summary, json_out)
+
+
+def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
+    if json_out:
+        ui.emit_json({"files": summary.files, "bytes": summary.bytes,
+                      "destination": summary.destination,
+                      "skippedLinks": summary.skipped_links})
+        return
+    skipped = f", skipped {summary.skipped_links} links" if summary.skipped_links else ""
+    ui.info(f"copied {summary.files} files ({ui.human_bytes(summary.bytes)}) "
+            f"to {summary.destination}{skipped}")
+
+
+@app.command()
+def disconnect(name: Annotated[str, typer.Argument(help="Sandbox name.")]) -> None:
+    """Detach a sandbox from every network; published ports stop answering."""
+    left = sandbox.disconnect(_store(), name)
+    ui.info(f"{name}: disconnected from {', '.join(left)}" if left
+            else f"{name}: already without network")
+
+
+@app.command()
+def purge(
+    names: Annotated[list[str] | None, typer.Argument(help="Sandboxes to remove.")] = None,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="Remove every sandbox, --keep ones too.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove sandboxes: with names, those; with none, every one not started with --keep."""
+    if names and everything:
+        raise InvalidInput("give names or --all, not both")
+    removed = sandbox.purge(_store(), names or [], everything)
+    if json_out:
+        ui.emit_json({"removed": removed})
+    else:
+        ui.info(f"removed {len(removed)} sandbox{'es' if len(removed) != 1 else ''}"
+                + (f": {', '.join(removed)}" if removed else ""))
+
+
+@app.command("ls")
+def list_(json_out: JsonOpt = False) -> None:
+    """List sandboxes: a table on a terminal, tab-separated lines when piped."""
+    rows = sandbox.list_sandboxes(_store())
+    if json_out:
+        ui.emit_json([{k: v for k, v in row.items() if k != "tracked"} for row in rows])
+    else:
+        ui.sandbox_table(rows)
+
+
+@app.command("build-repo")
+def build_repo(
+    repo: Annotated[str, typer.Argument(help="owner/name on GitHub, or a git URL.")],
+    branch: Annotated[str | None, typer.Option("--branch", help="Branch or tag.")] = None,
+    subdir: Annotated[str | None, typer.Option("--dir", help="Folder holding the Dockerfile.")
+                      ] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Image tag [default: repo].")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)."""
+    built = sandbox.build_repo(repo, branch, subdir, tag,
+                               plain_progress=not ui.fancy(sys.stderr))
+    if json_out:
+        ui.emit_json({"tag": built})
+    else:
+        ui.data(built)
+
+
+@app.command("run", context_settings={"ignore_unknown_options": True})
+def run(
+    command: Annotated[list[str], typer.Argument(help="Command and arguments (no shell).")],
+    name: NameOpt = None, image: ImageOpt = None, network: NetworkOpt = None,
+    port: PortOpt = None, env: EnvOpt = None, ttl: TtlOpt = None, memory: MemoryOpt = None,
+    cpus: CpusOpt = None, pids_limit: PidsOpt = None, read_only: ReadOnlyOpt = None,
+    runtime: RuntimeOpt = None, cap_add: CapAddOpt = None,
+    copy: Annotated[list[str] | None, typer.Option(
+        "--copy", help="Copy files matching this glob into /app first. Repeatable.")] = None,
+    timeout: TimeoutOpt = None,
+    workdir: WorkdirOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the exec result as JSON.")
+                        ] = False,
+) -> None:
+    """Start, copy, exec and purge in one: exits with the command's code, always cleans up."""
+    seconds = _timeout_seconds(timeout)
+    directory = validate.container_dir(workdir) if workdir else None
+    patterns = [validate.glob(p) for p in copy or []]
+    options = _resolve_start(image, network, port, env, False, ttl, memory, cpus, pids_limit,
+                             read_only, runtime, cap_add)
+    store = _store()
+    record = sandbox.start(store, options, name, progress=ui.info)
+    try:
+        if patterns:
+            _report_copy(sandbox.copy_to(store, record.name, patterns), False)
+        if json_out:
+            result = execute.run_captured(record.name, command, env={}, workdir=directory,
+                                          timeout=seconds)
+            ui.emit_json(result.to_json())
+            code = result.exit_code
+        else:
+            code = execute.run_passthrough(record.name, command, env={}, workdir=directory,
+                                           timeout=seconds)
+            if code == EXIT_TIMEOUT:
+                ui.error(f"timed out after {timeout}; the command was stopped in the container")
+    finally:
+        sandbox.purge(store, [record.name])
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check docker, the daemon, runtimes, the default image and the state folder."""
+    from .doctor import run_checks
+
+    checks = run_checks(_store())
+    if json_out:
+        ui.emit_json({"ok": all(c["ok"] for c in checks), "checks": checks})
+    else:
+        ui.doctor_report(checks)
+    raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+def version_callback(value: bool) -> None:
+    """--version."""
+    if value:
+        from . import __version__
+
+        ui.data(f"sandbox {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Print each docker command line to stderr (secrets masked).")
+    ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Run untrusted code in locked-down Docker containers."""
+    if verbose or os.environ.get("SANDBOX_DEBUG") == "1":
+        from . import docker
+
+        docker.set_trace(ui.trace_docker)

@@ -1,0 +1,230 @@
+"""Start options and where they come from.
+
+Precedence, lowest first: built-in defaults < user file (~/.config/sandbox-cli/config.yaml) <
+project file (sandbox.yaml in the current directory or a parent) < SANDBOX_* environment
+variables < command-line flags. PyYAML is imported only when a file exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from . import validate
+from .errors import ConfigError, InvalidInput
+
+DEFAULT_IMAGE = "python:alpine"
+DEFAULT_TTL = "1h"
+PROJECT_FILE = "sandbox.yaml"
+
+
+@dataclass
+class StartOptions:
+    """Every setting of `sandbox start`, with the locked-down defaults."""
+
+    image: str = DEFAULT_IMAGE
+    network: bool = False
+    ports: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ttl: str = DEFAULT_TTL
+    keep: bool = False
+    memory: str = "1g"
+    cpus: float = 1.0
+    pids: int = 256
+    read_only: bool = False
+    tmpfs_size: str = "64m"
+    runtime: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("expected a string")
+    return str(value)
+
+
+def _as_str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    return [_as_str(v) for v in value]
+
+
+def _as_env(value: Any) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    if isinstance(value, Mapping):
+        items = [(str(k), "" if v is None else _as_str(v)) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [validate.env_pair(_as_str(v), {}) for v in value]
+    else:
+        raise ValueError("expected a mapping of NAME: value")
+    for key, val in items:
+        key, val = validate.env_pair(f"{key}={val}", {})
+        pairs[key] = val
+    return pairs
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return float(value)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected a whole number")
+    return int(value)
+
+
+def _check_ttl(value: Any) -> str:
+    text = _as_str(value)
+    validate.duration(text)
+    return text
+
+
+# key -> converter; every converter raises ValueError/InvalidInput on bad values.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "image": lambda v: validate.image(_as_str(v)),
+    "network": _as_bool,
+    "ports": lambda v: [validate.port(p) for p in _as_str_list(v)],
+    "env": _as_env,
+    "ttl": _check_ttl,
+    "keep": _as_bool,
+    "memory": lambda v: validate.memory(_as_str(v)),
+    "cpus": lambda v: validate.cpus(_as_float(v)),
+    "pids": lambda v: validate.pids(_as_int(v)),
+    "read_only": _as_bool,
+    "tmpfs_size": lambda v: validate.memory(_as_str(v)),
+    "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
+    "cap_add": _as_str_list,
+}
+assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
+
+# Settings that loosen a locked-down default: a project file that sets them is announced.
+LOOSENING_KEYS = ("network", "ports", "cap_add", "runtime", "keep")
+
+
+def user_config_path() -> str:
+    """~/.config/sandbox-cli/config.yaml (or under $XDG_CONFIG_HOME)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "sandbox-cli", "config.yaml")
+
+
+def find_project_file(start: str | None = None) -> str | None:
+    """sandbox.yaml in START (default: the current directory) or the nearest parent."""
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        candidate = os.path.join(here, PROJECT_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Parse and check one YAML config file; errors name the file and the line."""
+    import yaml  # only when a config file exists: keeps it off the hot path
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: {problem}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of settings")
+    settings: dict[str, Any] = {}
+    for key_node, value_node in root.value:
+        line = key_node.start_mark.line + 1
+        key = str(key_node.value).replace("-", "_")
+        if key not in _CONVERTERS:
+            known = ", ".join(sorted(_CONVERTERS))
+            raise ConfigError(f"{path}:{line}: unknown setting {key_node.value!r} (known: {known})")
+        value = yaml.SafeLoader(yaml.serialize(value_node)).get_single_data()
+        try:
+            settings[key] = _CONVERTERS[key](value)
+        except (ValueError, TypeError, InvalidInput) as exc:
+            detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
+            raise ConfigError(f"{path}:{line}: {key_node.value}: {detail}") from None
+    return settings
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from SANDBOX_IMAGE, SANDBOX_NETWORK, SANDBOX_TTL, ... (env itself excluded)."""
+    settings: dict[str, Any] = {}
+    for key, convert in _CONVERTERS.items():
+        if key == "env":
+            continue
+        raw = environ.get(f"SANDBOX_{key.upper()}")
+        if raw is None or raw == "":
+            continue
+        try:
+            settings[key] = convert(raw)
+        except (ValueError, TypeError, InvalidInput) as exc:
+            detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
+            raise InvalidInput(f"SANDBOX_{key.upper()}={raw!r}: {detail}") from None
+    return settings
+
+
+@dataclass
+class ResolvedOptions:
+    """The options to start with, and which files contributed (for messages and doctor)."""
+
+    options: StartOptions
+    files: list[str]
+    loosened_by_project: list[str]
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+            cwd: str | None = None) -> ResolvedOptions:
+    """Merge defaults, user file, project file, environment and FLAGS (None = not given).
+
+    `env` merges key by key across layers; every other setting is replaced by a later layer.
+    """
+    environ = os.environ if environ is None else environ
+    options = StartOptions()
+    files: list[str] = []
+    loosened: list[str] = []
+    layers: list[dict[str, Any]] = []
+    user_file = user_config_path()
+    if os.path.isfile(user_file):
+        layers.append(read_file(user_file))
+        files.append(user_file)
+    project_file = find_project_file(cwd)
+    if project_file and project_file != user_file:
+        project = read_file(project_file)
+        layers.append(project)
+        files.append(project_file)
+        loosened = [k for k in LOOSENING_KEYS if project.get(k)]
+    layers.append(from_environment(environ))
+    layers.append({k: v for k, v in flags.items() if v is not None})
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "env":
+                options = replace(options, env={**options.env, **value})
+            else:
+                options = replace(options, **{key: value})
+    return ResolvedOptions(options, files, loosened)

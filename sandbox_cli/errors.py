@@ -1,0 +1,83 @@
+"""The error hierarchy: every failure a user can cause maps to one line and one exit code."""
+
+from __future__ import annotations
+
+# Exit codes, documented in README.md ("Exit codes"). exec and run pass the command's own code.
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # doctor found a problem
+EXIT_USAGE = 2  # bad input: options, names, paths, ports, globs, durations, config files
+EXIT_NOT_FOUND = 3  # no such sandbox
+EXIT_FILE = 4  # a file inside a sandbox is missing or refused (link, FIFO, device, directory)
+EXIT_DOCKER_UNAVAILABLE = 5  # docker binary missing, daemon down or not permitted
+EXIT_IMAGE = 6  # image missing, pull failed, build failed
+EXIT_DOCKER = 7  # any other docker failure
+EXIT_TIMEOUT = 124  # exec/run --timeout expired (as timeout(1))
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM, e.g. a cancelled CI job
+
+
+class SandboxError(Exception):
+    """Base class: a failure of sandbox itself, shown as one line on stderr."""
+
+    exit_code = EXIT_DOCKER
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(SandboxError):
+    """A name, path, port, glob, duration, env pair or image reference was refused."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(InvalidInput):
+    """A configuration file could not be used; the message names the file and line."""
+
+
+class SandboxNotFound(SandboxError):
+    """No sandbox by that name."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class NameInUse(InvalidInput):
+    """A sandbox (or container) by that name already exists."""
+
+
+class UnsafePath(SandboxError):
+    """A path inside a sandbox's folder is missing or not something we will touch."""
+
+    exit_code = EXIT_FILE
+
+
+class DockerUnavailable(SandboxError):
+    """The docker CLI is missing or cannot reach the daemon."""
+
+    exit_code = EXIT_DOCKER_UNAVAILABLE
+
+
+class ImageError(SandboxError):
+    """An image could not be found, pulled or built."""
+
+    exit_code = EXIT_IMAGE
+
+
+class DockerError(SandboxError):
+    """A docker command failed for another reason; carries its argv, code and stderr."""
+
+    exit_code = EXIT_DOCKER
+
+    def __init__(self, message: str, argv: list[str] | None = None, returncode: int = 0,
+                 stderr: str = "") -> None:
+        super().__init__(message)
+        self.argv = argv or []
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised from the signal handler so `finally` blocks still clean up."""
+
+    exit_code = EXIT_TERMINATED

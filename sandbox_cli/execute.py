@@ -1,0 +1,163 @@
+"""Running a command in a sandbox: streamed passthrough or bounded capture, with a timeout that
+ends the command inside the container too (killing the docker client alone would not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import docker
+from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError
+from .state import StateStore
+
+DEFAULT_MAX_CAPTURE = 16 * 1024 * 1024  # per stream, for --json
+KILL_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class ExecResult:
+    """Outcome of a captured exec (--json)."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+
+    def to_json(self) -> dict[str, object]:
+        """The documented --json shape (camelCase, as the seed's API)."""
+        return {
+            "exitCode": self.exit_code,
+            "stdout": self.stdout.decode("utf-8", errors="replace"),
+            "stderr": self.stderr.decode("utf-8", errors="replace"),
+            "failed": self.exit_code != 0,
+            "timedOut": self.timed_out,
+            "stdoutTruncated": self.stdout_truncated,
+            "stderrTruncated": self.stderr_truncated,
+            "durationMs": self.duration_ms,
+        }
+
+
+def _stdin_mode() -> tuple[bool, bool]:
+    """(forward stdin, allocate a tty): forward whatever is piped in; a tty only when both
+    ends are terminals, so `sandbox exec box python` is an interactive REPL."""
+    try:
+        os.fstat(0)
+    except OSError:
+        return False, False
+    if os.isatty(0):
+        return True, os.isatty(1)
+    return True, False
+
+
+def kill_in_container(name: str, marker: str) -> None:
+    """End every process the exec tagged MARKER started (best effort, never raises)."""
+    with contextlib.suppress(SandboxError):
+        docker.run_docker(docker.kill_exec_argv(name, marker), check=False)
+
+
+def _finish(proc: subprocess.Popen[bytes], name: str, marker: str,
+            timeout: float | None) -> tuple[int, bool]:
+    """Wait for PROC; on timeout or Ctrl-C end the command in the container, then the client."""
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        kill_in_container(name, marker)
+        _reap(proc)
+        return EXIT_TIMEOUT, True
+    except KeyboardInterrupt:
+        kill_in_container(name, marker)
+        _reap(proc)
+        raise
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _command_env(env: dict[str, str]) -> dict[str, str] | None:
+    return {**os.environ, **env} if env else None
+
+
+def run_passthrough(name: str, command: Sequence[str], *, env: dict[str, str],
+                    workdir: str | None, timeout: float | None,
+                    forward_stdin: bool | None = None) -> int:
+    """Run COMMAND with our stdin/stdout/stderr handed straight to docker: byte for byte, as
+    it comes, nothing buffered here. Returns the command's exit code (124 on timeout)."""
+    if not command or not command[0]:
+        raise InvalidInput("no command given")
+    stdin, tty = _stdin_mode()
+    if forward_stdin is not None:
+        stdin, tty = forward_stdin and stdin, tty and bool(forward_stdin)
+    marker = secrets.token_hex(8)
+    argv = docker.exec_argv(name, command, marker=marker, env_keys=sorted(env),
+                            workdir=workdir, stdin=stdin, tty=tty)
+    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
+                               env=_command_env(env))
+    code, _ = _finish(proc, name, marker, timeout)
+    return code
+
+
+def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) -> None:
+    """Read STREAM to its end, keeping the first KEEP bytes (memory stays bounded)."""
+    read = stream.read1 if hasattr(stream, "read1") else stream.read  # type: ignore[attr-defined]
+    while True:
+        chunk = read(1 << 16)
+        if not chunk:
+            return
+        room = keep - len(sink)
+        if room > 0:
+            sink += chunk[:room]
+        if len(chunk) > max(room, 0):
+            truncated[0] = True
+
+
+def run_captured(name: str, command: Sequence[str], *, env: dict[str, str],
+                 workdir: str | None, timeout: float | None,
+                 max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
+    """Run COMMAND collecting at most MAX_CAPTURE bytes of each stream (for --json)."""
+    if not command or not command[0]:
+        raise InvalidInput("no command given")
+    stdin, _ = _stdin_mode()
+    stdin = stdin and not os.isatty(0)
+    marker = secrets.token_hex(8)
+    argv = docker.exec_argv(name, command, marker=marker, env_keys=sorted(env),
+                            workdir=workdir, stdin=stdin)
+    began = time.monotonic()
+    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=_command_env(env))
+    out, err = bytearray(), bytearray()
+    out_cut, err_cut = [False], [False]
+    readers = [threading.Thread(target=_drain, args=(proc.stdout, max_capture, out, out_cut),
+                                daemon=True),
+               threading.Thread(target=_drain, args=(proc.stderr, max_capture, err, err_cut),
+                                daemon=True)]
+    for reader in readers:
+        reader.start()
+    code, timed_out = _finish(proc, name, marker, timeout)
+    for reader in readers:
+        reader.join(timeout=KILL_GRACE_SECONDS)
+    return ExecResult(code, bytes(out), bytes(err), timed_out, out_cut[0], err_cut[0],
+                      int((time.monotonic() - began) * 1000))
+
+
+def check_runnable(store: StateStore, name: str) -> None:
+    """Fail early, before docker, when NAME is not a live sandbox."""
+    from .sandbox import require
+
+    require(store, name)
+

@@ -1,0 +1,428 @@
+"""The operations behind each command: start, read, write, copy-to, disconnect, purge, ls,
+build-repo. No printing and no typer here: results are returned, failures raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from . import docker, validate, volume
+from .config import StartOptions
+from .errors import DockerError, ImageError, InvalidInput, NameInUse, SandboxNotFound
+from .state import SandboxRecord, StateStore, iso_after, now_iso
+
+NOBODY = (65534, 65534)
+ORPHAN_MIN_AGE_SECONDS = 60  # a folder this young may belong to a start still in progress
+
+Progress = Callable[[str], None]
+
+
+def container_user() -> tuple[int, int]:
+    """The uid:gid the container runs as: the host user's, or nobody when the host user is root.
+
+    Either way the host user can read and delete everything the container leaves behind.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    return NOBODY if uid == 0 else (uid, gid)
+
+
+def file_owner(record: SandboxRecord) -> tuple[int, int] | None:
+    """Who should own files we put in RECORD's folder: None means 'us' (the same user)."""
+    if os.getuid() != 0:
+        return None
+    uid, _, gid = record.user.partition(":")
+    if uid.isdigit() and gid.isdigit() and (int(uid), int(gid)) != (0, 0):
+        return int(uid), int(gid)
+    return None
+
+
+def generate_name() -> str:
+    """A fresh sandbox name such as box-3f9a2c1d."""
+    return f"box-{secrets.token_hex(4)}"
+
+
+def forget_expired(store: StateStore) -> list[str]:
+    """Drop state entries whose TTL has passed and delete their folders (Docker removed the
+    containers itself). Returns the names forgotten."""
+    if not any(rec.expired() for rec in store.load().values()):
+        return []
+    with store.transaction() as records:
+        gone = [name for name, rec in records.items() if rec.expired()]
+        for name in gone:
+            del records[name]
+    _remove_folders(store, gone)
+    return gone
+
+
+def _remove_folders(store: StateStore, names: Iterable[str]) -> None:
+    names = list(names)
+    if not names or not os.path.isdir(store.volumes_dir):
+        return
+    parent = os.open(store.volumes_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            volume.remove_tree(parent, validate.name(name))
+    finally:
+        os.close(parent)
+
+
+def require(store: StateStore, name: str) -> SandboxRecord:
+    """The live record of NAME, or SandboxNotFound."""
+    validate.name(name)
+    forget_expired(store)
+    record = store.get(name)
+    if record is None:
+        raise SandboxNotFound(f"no sandbox named {name!r} (see `sandbox ls`)")
+    return record
+
+
+# --- start ---------------------------------------------------------------------------------
+
+def start(store: StateStore, options: StartOptions, name: str | None = None,
+          progress: Progress | None = None) -> SandboxRecord:
+    """Create and start a locked-down container with the sandbox folder mounted at /app."""
+    name = validate.name(name) if name else generate_name()
+    if options.ports and not options.network:
+        raise InvalidInput("publishing ports needs --network (the network is off by default)")
+    ttl_seconds = None if options.keep else validate.duration(options.ttl)
+    forget_expired(store)
+    store.ensure_dirs()
+    if store.get(name) is not None:
+        raise NameInUse(f"a sandbox named {name!r} already exists")
+    folder = store.volume_path(name)
+    uid, gid = container_user()
+    try:
+        os.mkdir(folder, 0o755 if os.getuid() == 0 else 0o700)
+    except FileExistsError:
+        raise NameInUse(
+            f"a folder for {name!r} already exists: run `sandbox purge {name}`"
+        ) from None
+    if os.getuid() == 0:
+        os.chown(folder, uid, gid)
+    created = now_iso()
+    expires = None if ttl_seconds is None else iso_after(ttl_seconds)
+    spec = docker.RunSpec(
+        name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
+        home_label=store.label, ttl_seconds=ttl_seconds, expires_at=expires or "",
+        network=options.network, ports=list(options.ports), env_keys=sorted(options.env),
+        memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
+        read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
+        cap_add=list(options.cap_add),
+    )
+    # Values travel in docker's own environment, never on its command line (where `ps` shows them).
+    env = {**os.environ, **options.env}
+    try:
+        container_id = _run_container(spec, env, progress)
+    except BaseException:
+        _remove_folders(store, [name])
+        raise
+    record = SandboxRecord(
+        name=name, container_id=container_id, image=options.image, created_at=created,
+        expires_at=expires, keep=options.keep, network=options.network,
+        ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
+        options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
+                 "read_only": options.read_only, "runtime": options.runtime,
+                 "cap_add": list(options.cap_add)},
+    )
+    try:
+        with store.transaction() as records:
+            records[name] = record
+    except BaseException:
+        docker.run_docker(docker.remove_argv([name]), check=False)
+        _remove_folders(store, [name])
+        raise
+    return record
+
+
+def _run_container(spec: docker.RunSpec, env: dict[str, str], progress: Progress | None) -> str:
+    argv = docker.run_argv(spec)
+    try:
+        return docker.run_docker(argv, env=env).stdout.strip()
+    except ImageError:
+        pass  # not present locally: pull it once, then try again
+    pull_image(spec.image, progress)
+    return docker.run_docker(argv, env=env).stdout.strip()
+
+
+def pull_image(image: str, progress: Progress | None = None) -> None:
+    """`docker pull` with its progress on our stderr; a failure becomes one ImageError line."""
+    if progress:
+        progress(f"pulling image {image} ...")
+    proc = docker.popen_docker(docker.pull_argv(image), stdin=subprocess.DEVNULL,
+                               stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        failure = docker.classify_failure(docker.pull_argv(image), proc.returncode,
+                                          err.decode(errors="replace"))
+        if isinstance(failure, (ImageError, DockerError)):
+            raise ImageError(f"could not pull image {image!r}: {failure.message}")
+        raise failure
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def write_file(store: StateStore, name: str, path: str, source: BinaryIO | bytes) -> int:
+    """Write SOURCE to PATH (relative to /app) on the host folder; returns the bytes written."""
+    parts = validate.sandbox_path(path)
+    record = require(store, name)
+    with volume.opened_root(store.volumes_dir, name) as root:
+        return volume.write_from(root, parts, source, file_owner(record))
+
+
+def read_file(store: StateStore, name: str, path: str, out_fd: int) -> int:
+    """Copy the file at PATH to OUT_FD; returns the bytes copied."""
+    parts = validate.sandbox_path(path)
+    require(store, name)
+    with volume.opened_root(store.volumes_dir, name) as root:
+        return volume.read_to(root, parts, out_fd)
+
+
+@dataclass
+class CopySummary:
+    """What copy-to did."""
+
+    files: int
+    bytes: int
+    destination: str
+    skipped_links: int
+
+
+def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = ".",
+            excludes: Sequence[str] = (), use_gitignore: bool = True,
+            source_root: str | None = None, on_file: Callable[[int], None] | None = None,
+            ) -> CopySummary:
+    """Copy host files matching PATTERNS (below SOURCE_ROOT, default cwd) into DEST."""
+    from .selection import select_files  # imports pathspec: only this command needs it
+
+    dest_parts = validate.sandbox_path(dest, allow_root=True)
+    record = require(store, name)
+    root = os.path.abspath(source_root or os.getcwd())
+    selection = select_files(root, patterns, excludes, use_gitignore)
+    total = 0
+    with volume.opened_root(store.volumes_dir, name) as root_fd, \
+            volume.DirWalker(root_fd, file_owner(record)) as walker:
+        for rel in selection.files:
+            src = os.open(os.path.join(root, *rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                size = os.fstat(src).st_size
+                volume.copy_file_in(walker, dest_parts + rel, src, size)
+            finally:
+                os.close(src)
+            total += size
+            if on_file:
+                on_file(size)
+    return CopySummary(len(selection.files), total, "/app/" + "/".join(dest_parts),
+                       selection.skipped_links)
+
+
+# --- network -------------------------------------------------------------------------------
+
+def disconnect(store: StateStore, name: str) -> list[str]:
+    """Detach the container from every network (loopback stays); returns the networks left."""
+    require(store, name)
+    raw = docker.run_docker(docker.networks_argv(name)).stdout.strip()
+    try:
+        networks = json.loads(raw) or {}
+    except ValueError:
+        networks = {}
+    left = [net for net in networks if net != "none"]
+    for net in left:
+        docker.run_docker(docker.network_disconnect_argv(net, name))
+    with store.transaction() as records:
+        if name in records:
+            records[name].network = False
+            records[name].ports = []
+    return left
+
+
+# --- listing and purge ---------------------------------------------------------------------
+
+def _labelled_containers(store: StateStore) -> dict[str, dict[str, Any]]:
+    """This home's containers by sandbox name, from Docker's labels."""
+    out = docker.run_docker(docker.list_argv(store.label)).stdout
+    found: dict[str, dict[str, Any]] = {}
+    for line in out.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        labels = dict(part.split("=", 1) for part in str(row.get("Labels", "")).split(",")
+                      if "=" in part)
+        label_name = labels.get(docker.LABEL_NAME, "")
+        try:
+            validate.name(label_name)
+        except InvalidInput:
+            continue
+        row["labels"] = labels
+        found[label_name] = row
+    return found
+
+
+def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
+    """Every sandbox of this home, merging the state file with Docker's view."""
+    forget_expired(store)
+    records = store.load()
+    containers = _labelled_containers(store)
+    rows = []
+    for name in sorted(set(records) | set(containers)):
+        rec, box = records.get(name), containers.get(name)
+        labels = box["labels"] if box else {}
+        rows.append({
+            "name": name,
+            "container_id": rec.container_id if rec else str(box.get("ID", "")) if box else "",
+            "image": rec.image if rec else str(box.get("Image", "")) if box else "",
+            "status": str(box.get("State", "unknown")) if box else "missing",
+            "volume": store.volume_path(name),
+            "network": rec.network if rec else False,
+            "ports": rec.ports if rec else [],
+            "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
+            "created_at": rec.created_at if rec else "",
+            "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
+            "tracked": rec is not None,
+        })
+    return rows
+
+
+def _orphan_folders(store: StateStore, known: set[str]) -> list[str]:
+    """Folders in volumes/ with neither a record nor a container, old enough to be leftovers."""
+    try:
+        entries = list(os.scandir(store.volumes_dir))
+    except FileNotFoundError:
+        return []
+    cutoff = time.time() - ORPHAN_MIN_AGE_SECONDS
+    orphans = []
+    for entry in entries:
+        if entry.name in known:
+            continue
+        try:
+            validate.name(entry.name)
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                orphans.append(entry.name)
+        except (InvalidInput, OSError):
+            continue
+    return orphans
+
+
+def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False) -> list[str]:
+    """Remove sandboxes: container first (so it cannot race us), then folder, then entry.
+
+    NAMES: those. None: every sandbox not started with --keep. EVERYTHING: all of them.
+    Finds containers by label, so a lost state file strands nothing. Returns the names removed.
+    """
+    for name in names:
+        validate.name(name)
+    records = store.load()
+    containers = _labelled_containers(store)
+    if names:
+        missing = [n for n in names if n not in records and n not in containers
+                   and not os.path.isdir(store.volume_path(n))]
+        targets = [n for n in dict.fromkeys(names) if n not in missing]
+    else:
+        missing = []
+        candidates = set(records) | set(containers)
+        if everything:
+            targets = sorted(candidates)
+        else:
+            targets = sorted(
+                n for n in candidates
+                if not (records[n].keep if n in records
+                        else containers[n]["labels"].get(docker.LABEL_KEEP) == "1")
+            )
+        targets += _orphan_folders(store, candidates)
+    live = [n for n in targets if n in containers]
+    if live:
+        _remove_containers(live)
+    _remove_folders(store, targets)
+    if any(n in records for n in targets):
+        with store.transaction() as current:
+            for name in targets:
+                current.pop(name, None)
+    if missing:
+        raise SandboxNotFound(
+            f"no sandbox named {', '.join(repr(m) for m in missing)}"
+            + (f" (removed {', '.join(targets)})" if targets else "")
+        )
+    return targets
+
+
+def _remove_containers(names: list[str]) -> None:
+    proc = docker.run_docker(docker.remove_argv(names), check=False)
+    if proc.returncode != 0:
+        problems = [line for line in proc.stderr.splitlines()
+                    if line.strip() and "no such container" not in line.lower()]
+        if problems:
+            raise docker.classify_failure(docker.remove_argv(names), proc.returncode,
+                                          "\n".join(problems))
+
+
+# --- images --------------------------------------------------------------------------------
+
+def repo_build_target(repo: str, branch: str | None, subdir: str | None,
+                      tag: str | None) -> tuple[str, str]:
+    """(tag, context URL) for building REPO: owner/name on GitHub, or any git URL."""
+    import re
+
+    if not repo or repo.startswith("-") or any(c.isspace() for c in repo) or "#" in repo:
+        raise InvalidInput(f"invalid repository {repo!r}: expected owner/name or a git URL")
+    for label, value in (("branch", branch), ("dir", subdir)):
+        if value is not None and (not value or value.startswith("-") or "#" in value
+                                  or ":" in value or any(c.isspace() for c in value)):
+            raise InvalidInput(f"invalid {label} {value!r}")
+    if subdir is not None and ".." in subdir.split("/"):
+        raise InvalidInput(f"invalid dir {subdir!r}: '..' is not allowed")
+    if re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+        url = f"https://github.com/{repo}.git"
+        default_tag = repo.lower()
+    elif re.match(r"(https?|git|ssh)://[^\s]+\Z", repo) or re.match(r"git@[^\s:]+:[^\s]+\Z", repo):
+        url = repo
+        path = re.sub(r"\.git$", "", re.split(r"[:/]", repo.rstrip("/"), maxsplit=0)[-1])
+        default_tag = re.sub(r"[^a-z0-9_.-]+", "-", path.lower()).strip("-.") or "image"
+    else:
+        raise InvalidInput(f"invalid repository {repo!r}: expected owner/name or a git URL")
+    fragment = ""
+    if branch or subdir:
+        fragment = f"#{branch or ''}" + (f":{subdir}" if subdir else "")
+    chosen = validate.image(tag or default_tag)
+    return chosen, url + fragment
+
+
+def _build_failure_line(text: str) -> str:
+    """The most telling line of a failed build's output."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for needle in ("fatal:", "error:", "ERROR", "returned a non-zero code"):
+        for line in reversed(lines):
+            if needle in line:
+                return line[line.find(needle):] if needle == "fatal:" else line
+    return lines[-1] if lines else "no output"
+
+
+def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
+               tag: str | None = None, plain_progress: bool = False) -> str:
+    """`docker build -t TAG URL#BRANCH:DIR` with its output on stderr; returns the tag."""
+    chosen, url = repo_build_target(repo, branch, subdir, tag)
+    argv = docker.build_argv(chosen, url)
+    env = {**os.environ, "BUILDKIT_PROGRESS": "plain"} if plain_progress else None
+    proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                               stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    tail: list[bytes] = []
+    for line in proc.stderr:  # stream it through, keeping the end for the error message
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()
+        tail = [*tail[-19:], line]
+    proc.wait()
+    if proc.returncode != 0:
+        text = b"".join(tail).decode(errors="replace")
+        failure = docker.classify_failure(argv, proc.returncode, text)
+        if isinstance(failure, DockerError) and type(failure) is DockerError:
+            raise ImageError(f"build of {url} failed: {_build_failure_line(text)}")
+        raise failure
+    return chosen

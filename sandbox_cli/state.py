@@ -1,0 +1,182 @@
+"""The JSON state file: a cache of the sandboxes this home started (Docker labels are the truth).
+
+Writers take an exclusive flock, read, modify and atomically replace the file, so parallel
+commands (`make -j8`, CI matrices) never lose or corrupt an entry. Readers need no lock: a
+replaced file is always whole. Nothing read from disk is trusted: entries with a bad name or
+shape are dropped, and volume paths are always derived from the name, never taken from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import validate
+from .errors import InvalidInput
+
+SCHEMA_VERSION = 1
+EXPIRY_GRACE_SECONDS = 5  # the container's sleep starts a moment after we record created_at
+
+
+def home_dir() -> str:
+    """$SANDBOX_HOME, else $XDG_CACHE_HOME/sandbox-cli, else ~/.cache/sandbox-cli."""
+    explicit = os.environ.get("SANDBOX_HOME")
+    if explicit:
+        return os.path.abspath(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "sandbox-cli")
+
+
+def home_label(home: str) -> str:
+    """A short id for a home folder, put on containers so homes never purge each other's."""
+    return hashlib.sha256(os.path.realpath(home).encode()).hexdigest()[:16]
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with a Z suffix, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_after(seconds: int) -> str:
+    """UTC time SECONDS from now, ISO 8601."""
+    moment = datetime.fromtimestamp(time.time() + seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> float | None:
+    """Epoch seconds of an ISO 8601 UTC time, or None when it is not one."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass
+class SandboxRecord:
+    """What we remember about one sandbox."""
+
+    name: str
+    container_id: str
+    image: str
+    created_at: str
+    expires_at: str | None  # None when kept
+    keep: bool = False
+    network: bool = False
+    ports: list[str] = field(default_factory=list)
+    env_keys: list[str] = field(default_factory=list)
+    user: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the TTL (plus a small grace) has passed."""
+        if self.keep or not self.expires_at:
+            return False
+        when = parse_iso(self.expires_at)
+        return when is not None and (now or time.time()) > when + EXPIRY_GRACE_SECONDS
+
+    @classmethod
+    def from_json(cls, data: object) -> SandboxRecord | None:
+        """Build a record from untrusted JSON; None when anything is off."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            record = cls(
+                name=validate.name(str(data["name"])),
+                container_id=str(data.get("container_id", "")),
+                image=str(data.get("image", "")),
+                created_at=str(data.get("created_at", "")),
+                expires_at=None if data.get("expires_at") is None else str(data["expires_at"]),
+                keep=bool(data.get("keep", False)),
+                network=bool(data.get("network", False)),
+                ports=[str(p) for p in data.get("ports", [])],
+                env_keys=[str(k) for k in data.get("env_keys", [])],
+                user=str(data.get("user", "")),
+                options=dict(data.get("options", {})),
+            )
+        except (KeyError, TypeError, ValueError, InvalidInput):
+            return None
+        return record
+
+
+class StateStore:
+    """The state file and the volumes folder of one sandbox home."""
+
+    def __init__(self, home: str | None = None) -> None:
+        self.home = home or home_dir()
+        self.path = os.path.join(self.home, "state.json")
+        self.lock_path = os.path.join(self.home, "state.lock")
+        self.volumes_dir = os.path.join(self.home, "volumes")
+        self.label = home_label(self.home)
+
+    def volume_path(self, name: str) -> str:
+        """The host folder of sandbox NAME (derived, never read from the file)."""
+        return os.path.join(self.volumes_dir, validate.name(name))
+
+    def ensure_dirs(self) -> None:
+        """Create the home and volumes folders (private to the user)."""
+        os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
+
+    def load(self) -> dict[str, SandboxRecord]:
+        """All valid records, without locking (the file is replaced atomically)."""
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {}
+        entries = data.get("sandboxes", {}) if isinstance(data, dict) else {}
+        records: dict[str, SandboxRecord] = {}
+        if isinstance(entries, dict):
+            for key, value in entries.items():
+                record = SandboxRecord.from_json(value)
+                if record is not None and record.name == key:
+                    records[key] = record
+        return records
+
+    def get(self, name: str) -> SandboxRecord | None:
+        """The record of NAME, or None."""
+        return self.load().get(name)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, SandboxRecord]]:
+        """Locked read-modify-write: mutate the yielded dict; it is saved when the block ends."""
+        self.ensure_dirs()
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self._keep_unreadable_file()
+                records = self.load()
+                yield records
+                self._save(records)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _keep_unreadable_file(self) -> None:
+        """Move a state file we cannot parse aside instead of overwriting it (no lost data)."""
+        try:
+            with open(self.path, "rb") as handle:
+                json.loads(handle.read())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            os.replace(self.path, f"{self.path}.corrupt-{int(time.time())}")
+
+    def _save(self, records: dict[str, SandboxRecord]) -> None:
+        payload = {"version": SCHEMA_VERSION,
+                   "sandboxes": {name: asdict(rec) for name, rec in sorted(records.items())}}
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)

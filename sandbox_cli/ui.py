@@ -1,0 +1,150 @@
+"""Everything shown to a person. The only module that imports rich, and only when it draws.
+
+stdout carries data (names, bytes, JSON, tables); stderr carries talk (progress, warnings,
+errors). NO_COLOR, TERM=dumb or a stream that is not a terminal give plain text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+PROG = "sandbox"
+_SECRET_SAFE_KEYS = {"HOME", "SANDBOX_EXEC_ID"}
+
+
+def fancy(stream: Any) -> bool:
+    """True when STREAM is a terminal that wants decoration."""
+    return (hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
+            and "NO_COLOR" not in os.environ)
+
+
+def error(message: str) -> None:
+    """One line on stderr: `sandbox: error: MESSAGE`."""
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    sys.stderr.write(f"{PROG}: error: {first}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    """One line of warning on stderr."""
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+    sys.stderr.flush()
+
+
+def info(message: str) -> None:
+    """One line of talk on stderr."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
+
+
+def data(text: str) -> None:
+    """A line of data on stdout."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def emit_json(value: Any) -> None:
+    """VALUE as JSON on stdout (one document, one trailing newline)."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def mask_argv(argv: Sequence[str]) -> list[str]:
+    """ARGV with secret-looking values hidden: --env K=V values and URL credentials."""
+    import re
+
+    masked = []
+    previous = ""
+    for arg in argv:
+        if previous in ("--env", "-e") and "=" in arg:
+            key = arg.split("=", 1)[0]
+            if key not in _SECRET_SAFE_KEYS:
+                arg = f"{key}=***"
+        arg = re.sub(r"(://[^/@\s:]+:)[^/@\s]+@", r"\1***@", arg)
+        masked.append(arg)
+        previous = arg
+    return masked
+
+
+def trace_docker(argv: Sequence[str]) -> None:
+    """--verbose: show a docker command line on stderr before it runs."""
+    sys.stderr.write("+ " + shlex.join(mask_argv(argv)) + "\n")
+    sys.stderr.flush()
+
+
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KB'."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+LS_COLUMNS = ("name", "status", "image", "network", "ports", "expires_at", "volume")
+
+
+def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
+    """`sandbox ls`: a table on a terminal, tab-separated lines without a header otherwise."""
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if key == "network":
+            return "on" if value else "off"
+        if key == "ports":
+            return ",".join(value or []) or "-"
+        if key == "expires_at":
+            return "never" if row.get("keep") else (value or "-")
+        return str(value if value not in (None, "") else "-")
+
+    if not fancy(sys.stdout):
+        for row in rows:
+            data("\t".join(cell(row, k) for k in LS_COLUMNS))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for key in LS_COLUMNS:
+        table.add_column(key.replace("_at", "").upper())
+    for row in rows:
+        table.add_row(*(cell(row, k) for k in LS_COLUMNS))
+    if not rows:
+        info("no sandboxes (start one with `sandbox start`)")
+        return
+    Console().print(table)
+
+
+@contextmanager
+def copy_progress(total_hint: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal stderr while files are copied; a no-op elsewhere."""
+    if not fancy(sys.stderr):
+        yield lambda size: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("copying"), BarColumn(), TextColumn("{task.completed} files"),
+                  TransferSpeedColumn(), transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("copy", total=total_hint)
+        yield lambda size: bar.advance(task, 1)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def doctor_report(checks: Sequence[dict[str, Any]]) -> None:
+    """`sandbox doctor`: one line a check, with the fix under each problem."""
+    for check in checks:
+        mark = "ok " if check["ok"] else "FAIL"
+        data(f"[{mark}] {check['name']}: {check['detail']}")
+        if not check["ok"] and check.get("fix"):
+            data(f"       fix: {check['fix']}")
