@@ -7,12 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .errors import (
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    SandboxError,
-    Terminated,
-)
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, SandboxError, Signalled
 
 # Commands whose trailing arguments are a command line for the container; the number is how
 # many positionals of ours come before it (NAME for exec, none for run).
@@ -70,8 +65,8 @@ def _normalise(argv: list[str], group: object) -> list[str]:
     return argv
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: object) -> None:
+    raise Signalled(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,35 +74,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     import typer
 
     from . import ui
-    from ._click import click
+    from ._click import ABORTS, CLICK_ERRORS, EXITS, USAGE_ERRORS
     from .cli import app
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     group = typer.main.get_command(app)
     args = _normalise(list(sys.argv[1:] if argv is None else argv), group)
+    code: object
     try:
         code = group.main(args=args, prog_name="sandbox", standalone_mode=False)
     except SandboxError as exc:
         ui.error(exc.message)
         code = exc.exit_code
-    except click.exceptions.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        ui.error(exc.format_message() + hint)
-        code = EXIT_USAGE
-    except click.exceptions.ClickException as exc:
-        ui.error(exc.format_message())
+    except Signalled as exc:
+        ui.error(exc.message)
         code = exc.exit_code
-    except (click.exceptions.Abort, typer.Abort):
+    except USAGE_ERRORS as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        ui.error(exc.format_message() + hint)  # type: ignore[attr-defined]
+        code = EXIT_USAGE
+    except CLICK_ERRORS as exc:
+        ui.error(exc.format_message())  # type: ignore[attr-defined]
+        code = getattr(exc, "exit_code", 1)
+    except ABORTS:
         ui.error("interrupted")
         code = EXIT_INTERRUPTED
-    except (click.exceptions.Exit, typer.Exit) as exc:
-        code = exc.exit_code
+    except EXITS as exc:
+        code = getattr(exc, "exit_code", 0)
     except KeyboardInterrupt:
         ui.error("interrupted")
         code = EXIT_INTERRUPTED
-    except Terminated as exc:
-        ui.error("terminated")
-        code = exc.exit_code
     except BrokenPipeError:
         # The reader went away (`sandbox ls | head`): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -25,37 +25,99 @@ app = typer.Typer(
 
 # Options shared by `start` and `run`. None means "not given": config files and SANDBOX_*
 # variables then decide (see config.resolve).
-NameOpt = Annotated[str | None, typer.Option("--name", help="Sandbox name (default: generated).")]
-ImageOpt = Annotated[str | None, typer.Option(
-    "--image", help="Image to run [default: python:alpine, or $SANDBOX_IMAGE].")]
-NetworkOpt = Annotated[bool | None, typer.Option(
-    "--network/--no-network", help="Give the container a network (off by default).")]
-PortOpt = Annotated[list[str] | None, typer.Option(
-    "--port", "-p", help="Publish [IP:]HOST:CONTAINER[/PROTO]; binds 127.0.0.1 unless IP given. "
-    "Needs --network. Repeatable.")]
-EnvOpt = Annotated[list[str] | None, typer.Option(
-    "--env", "-e", help="KEY=VALUE (or KEY to pass the host's value). Repeatable.")]
-KeepOpt = Annotated[bool | None, typer.Option(
-    "--keep/--no-keep", help="Never expire, and survive a bare `purge`.")]
-TtlOpt = Annotated[str | None, typer.Option(
-    "--ttl", help="Lifetime before Docker removes it: 30s, 10m, 2h [default: 1h].")]
-MemoryOpt = Annotated[str | None, typer.Option(
-    "--memory", help="Memory limit, no extra swap [default: 1g].")]
-CpusOpt = Annotated[float | None, typer.Option("--cpus", help="CPU limit [default: 1].")]
-PidsOpt = Annotated[int | None, typer.Option(
-    "--pids-limit", help="Process limit [default: 256].")]
-ReadOnlyOpt = Annotated[bool | None, typer.Option(
-    "--read-only/--writable-root",
-    help="Read-only root filesystem with a tmpfs /tmp (/app stays writable).")]
-RuntimeOpt = Annotated[str | None, typer.Option(
-    "--runtime", help="OCI runtime, e.g. runsc for gVisor.")]
-CapAddOpt = Annotated[list[str] | None, typer.Option(
-    "--cap-add", help="Give back a Linux capability (all are dropped). Repeatable.")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", metavar="NAME", help="Sandbox name (default: generated).")
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image", metavar="IMAGE", help="Image to run [default: python:alpine, or $SANDBOX_IMAGE]."
+    ),
+]
+NetworkOpt = Annotated[
+    bool | None,
+    typer.Option("--network/--no-network", help="Give the container a network (off by default)."),
+]
+PortOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--port",
+        "-p",
+        metavar="SPEC",
+        help="Publish [IP:]HOST:CONTAINER[/PROTO]; binds 127.0.0.1 unless IP given. "
+        "Needs --network. Repeatable.",
+    ),
+]
+EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env",
+        "-e",
+        metavar="KEY=VALUE",
+        help="KEY=VALUE (or KEY to pass the host's value). Repeatable.",
+    ),
+]
+KeepOpt = Annotated[
+    bool | None, typer.Option("--keep/--no-keep", help="Never expire, and survive a bare `purge`.")
+]
+TtlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ttl",
+        metavar="DURATION",
+        help="Lifetime before Docker removes it: 30s, 10m, 2h [default: 1h].",
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option("--memory", metavar="SIZE", help="Memory limit, no extra swap [default: 1g]."),
+]
+CpusOpt = Annotated[
+    float | None, typer.Option("--cpus", metavar="N", help="CPU limit [default: 1].")
+]
+PidsOpt = Annotated[
+    int | None, typer.Option("--pids-limit", metavar="N", help="Process limit [default: 256].")
+]
+ReadOnlyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--read-only/--writable-root",
+        help="Read-only root filesystem with a tmpfs /tmp (/app stays writable).",
+    ),
+]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option("--runtime", metavar="RUNTIME", help="OCI runtime, e.g. runsc for gVisor."),
+]
+CapAddOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cap-add",
+        metavar="CAP",
+        help="Give back a Linux capability (all are dropped). Repeatable.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-TimeoutOpt = Annotated[str | None, typer.Option(
-    "--timeout", help="Stop the command after SECONDS (or 30s, 5m); exit code 124.")]
-WorkdirOpt = Annotated[str | None, typer.Option(
-    "--workdir", "-w", help="Working directory in the container [default: /app].")]
+TimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Stop the command after SECONDS (or 30s, 5m); exit code 124.",
+    ),
+]
+WorkdirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workdir", "-w", metavar="DIR", help="Working directory in the container [default: /app]."
+    ),
+]
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Sandbox name.")]
+CommandArg = Annotated[
+    list[str], typer.Argument(metavar="CMD [ARG]...", help="Command and arguments (no shell).")
+]
+PathArg = Annotated[str, typer.Argument(metavar="PATH", help="File path relative to /app.")]
 
 
 def _store() -> StateStore:
@@ -64,10 +126,16 @@ def _store() -> StateStore:
 
 def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
     return {
-        "name": record.name, "container_id": record.container_id, "image": record.image,
-        "status": "running", "volume": store.volume_path(record.name),
-        "network": record.network, "ports": record.ports, "keep": record.keep,
-        "created_at": record.created_at, "expires_at": record.expires_at,
+        "name": record.name,
+        "container_id": record.container_id,
+        "image": record.image,
+        "status": "running",
+        "volume": store.volume_path(record.name),
+        "network": record.network,
+        "ports": record.ports,
+        "keep": record.keep,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
     }
 
 
@@ -84,11 +152,20 @@ def _timeout_seconds(value: str | None) -> float | None:
         return float(validate.duration(value))
 
 
-def _resolve_start(image: str | None, network: bool | None, port: list[str] | None,
-                   env: list[str] | None, keep: bool | None, ttl: str | None,
-                   memory: str | None, cpus: float | None, pids: int | None,
-                   read_only: bool | None, runtime: str | None,
-                   cap_add: list[str] | None) -> config.StartOptions:
+def _resolve_start(
+    image: str | None,
+    network: bool | None,
+    port: list[str] | None,
+    env: list[str] | None,
+    keep: bool | None,
+    ttl: str | None,
+    memory: str | None,
+    cpus: float | None,
+    pids: int | None,
+    read_only: bool | None,
+    runtime: str | None,
+    cap_add: list[str] | None,
+) -> config.StartOptions:
     flags: dict[str, Any] = {
         "image": validate.image(image) if image is not None else None,
         "network": network,
@@ -110,14 +187,26 @@ def _resolve_start(image: str | None, network: bool | None, port: list[str] | No
 
 
 @app.command()
-def start(name: NameOpt = None, image: ImageOpt = None, network: NetworkOpt = None,
-          port: PortOpt = None, env: EnvOpt = None, keep: KeepOpt = None, ttl: TtlOpt = None,
-          memory: MemoryOpt = None, cpus: CpusOpt = None, pids_limit: PidsOpt = None,
-          read_only: ReadOnlyOpt = None, runtime: RuntimeOpt = None,
-          cap_add: CapAddOpt = None, json_out: JsonOpt = False) -> None:
+def start(
+    name: NameOpt = None,
+    image: ImageOpt = None,
+    network: NetworkOpt = None,
+    port: PortOpt = None,
+    env: EnvOpt = None,
+    keep: KeepOpt = None,
+    ttl: TtlOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids_limit: PidsOpt = None,
+    read_only: ReadOnlyOpt = None,
+    runtime: RuntimeOpt = None,
+    cap_add: CapAddOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
-    options = _resolve_start(image, network, port, env, keep, ttl, memory, cpus, pids_limit,
-                             read_only, runtime, cap_add)
+    options = _resolve_start(
+        image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
+    )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info)
     if json_out:
@@ -128,13 +217,16 @@ def start(name: NameOpt = None, image: ImageOpt = None, network: NetworkOpt = No
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})
 def exec_(
-    name: Annotated[str, typer.Argument(help="Sandbox name.")],
-    command: Annotated[list[str], typer.Argument(help="Command and arguments (no shell).")],
+    name: NameArg,
+    command: CommandArg,
     timeout: TimeoutOpt = None,
     env: EnvOpt = None,
     workdir: WorkdirOpt = None,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Print {exitCode, stdout, stderr, failed, ...} instead of streaming.")
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print {exitCode, stdout, stderr, failed, ...} instead of streaming."
+        ),
     ] = False,
 ) -> None:
     """Run a command in a sandbox; exits with its exit code (124 on timeout)."""
@@ -143,8 +235,7 @@ def exec_(
     directory = validate.container_dir(workdir) if workdir else None
     execute.check_runnable(_store(), name)
     if json_out:
-        result = execute.run_captured(name, command, env=pairs, workdir=directory,
-                                      timeout=seconds)
+        result = execute.run_captured(name, command, env=pairs, workdir=directory, timeout=seconds)
         ui.emit_json(result.to_json())
         raise typer.Exit(result.exit_code)
     code = execute.run_passthrough(name, command, env=pairs, workdir=directory, timeout=seconds)
@@ -155,9 +246,11 @@ def exec_(
 
 @app.command()
 def write(
-    name: Annotated[str, typer.Argument(help="Sandbox name.")],
-    path: Annotated[str, typer.Argument(help="File path relative to /app.")],
-    text: Annotated[str | None, typer.Argument(help="Content; stdin when omitted.")] = None,
+    name: NameArg,
+    path: PathArg,
+    text: Annotated[
+        str | None, typer.Argument(metavar="[TEXT]", help="Content; stdin when omitted.")
+    ] = None,
 ) -> None:
     """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
     source = text.encode() if text is not None else sys.stdin.buffer
@@ -166,8 +259,8 @@ def write(
 
 @app.command()
 def read(
-    name: Annotated[str, typer.Argument(help="Sandbox name.")],
-    path: Annotated[str, typer.Argument(help="File path relative to /app.")],
+    name: NameArg,
+    path: PathArg,
 ) -> None:
     """Write a file's bytes from the sandbox folder to stdout."""
     sys.stdout.flush()
@@ -176,46 +269,73 @@ def read(
 
 @app.command("copy-to")
 def copy_to(
-    name: Annotated[str, typer.Argument(help="Sandbox name.")],
-    pattern: Annotated[str, typer.Argument(help="gitignore-style glob, e.g. 'src/**'.")],
-    dest: Annotated[str, typer.Argument(help="Folder relative to /app.")] = ".",
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="Leave out files matching this glob. Repeatable.")] = None,
-    no_ignore: Annotated[bool, typer.Option(
-        "--no-ignore", help="Do not honour .gitignore (and copy .git).")] = False,
+    name: NameArg,
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="gitignore-style glob, e.g. 'src/**'.")
+    ],
+    dest: Annotated[str, typer.Argument(metavar="[DEST]", help="Folder relative to /app.")] = ".",
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", metavar="PATTERN", help="Leave out files matching this glob. Repeatable."
+        ),
+    ] = None,
+    no_ignore: Annotated[
+        bool, typer.Option("--no-ignore", help="Do not honour .gitignore (and copy .git).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy host files matching PATTERN (relative to the current directory) into the sandbox."""
     with ui.copy_progress() as advance:
-        summary = sandbox.copy_to(_store(), name, [pattern], dest, exclude or [],
-                                  use_gitignore=not no_ignore, on_file=advance)
+        summary = sandbox.copy_to(
+            _store(),
+            name,
+            [pattern],
+            dest,
+            exclude or [],
+            use_gitignore=not no_ignore,
+            on_file=advance,
+        )
     _report_copy(summary, json_out)
 
 
 def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
     if json_out:
-        ui.emit_json({"files": summary.files, "bytes": summary.bytes,
-                      "destination": summary.destination,
-                      "skippedLinks": summary.skipped_links})
+        ui.emit_json(
+            {
+                "files": summary.files,
+                "bytes": summary.bytes,
+                "destination": summary.destination,
+                "skippedLinks": summary.skipped_links,
+            }
+        )
         return
     skipped = f", skipped {summary.skipped_links} links" if summary.skipped_links else ""
-    ui.info(f"copied {summary.files} files ({ui.human_bytes(summary.bytes)}) "
-            f"to {summary.destination}{skipped}")
+    ui.info(
+        f"copied {summary.files} files ({ui.human_bytes(summary.bytes)}) "
+        f"to {summary.destination}{skipped}"
+    )
 
 
 @app.command()
-def disconnect(name: Annotated[str, typer.Argument(help="Sandbox name.")]) -> None:
+def disconnect(name: NameArg) -> None:
     """Detach a sandbox from every network; published ports stop answering."""
     left = sandbox.disconnect(_store(), name)
-    ui.info(f"{name}: disconnected from {', '.join(left)}" if left
-            else f"{name}: already without network")
+    ui.info(
+        f"{name}: disconnected from {', '.join(left)}"
+        if left
+        else f"{name}: already without network"
+    )
 
 
 @app.command()
 def purge(
-    names: Annotated[list[str] | None, typer.Argument(help="Sandboxes to remove.")] = None,
-    everything: Annotated[bool, typer.Option(
-        "--all", help="Remove every sandbox, --keep ones too.")] = False,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAME]...", help="Sandboxes to remove.")
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Remove every sandbox, --keep ones too.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove sandboxes: with names, those; with none, every one not started with --keep."""
@@ -225,8 +345,10 @@ def purge(
     if json_out:
         ui.emit_json({"removed": removed})
     else:
-        ui.info(f"removed {len(removed)} sandbox{'es' if len(removed) != 1 else ''}"
-                + (f": {', '.join(removed)}" if removed else ""))
+        ui.info(
+            f"removed {len(removed)} sandbox{'es' if len(removed) != 1 else ''}"
+            + (f": {', '.join(removed)}" if removed else "")
+        )
 
 
 @app.command("ls")
@@ -241,16 +363,22 @@ def list_(json_out: JsonOpt = False) -> None:
 
 @app.command("build-repo")
 def build_repo(
-    repo: Annotated[str, typer.Argument(help="owner/name on GitHub, or a git URL.")],
-    branch: Annotated[str | None, typer.Option("--branch", help="Branch or tag.")] = None,
-    subdir: Annotated[str | None, typer.Option("--dir", help="Folder holding the Dockerfile.")
-                      ] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="Image tag [default: repo].")] = None,
+    repo: Annotated[
+        str, typer.Argument(metavar="REPO", help="owner/name on GitHub, or a git URL.")
+    ],
+    branch: Annotated[
+        str | None, typer.Option("--branch", metavar="BRANCH", help="Branch or tag.")
+    ] = None,
+    subdir: Annotated[
+        str | None, typer.Option("--dir", metavar="DIR", help="Folder holding the Dockerfile.")
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option("--tag", metavar="TAG", help="Image tag [default: repo].")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)."""
-    built = sandbox.build_repo(repo, branch, subdir, tag,
-                               plain_progress=not ui.fancy(sys.stderr))
+    built = sandbox.build_repo(repo, branch, subdir, tag, plain_progress=not ui.fancy(sys.stderr))
     if json_out:
         ui.emit_json({"tag": built})
     else:
@@ -259,37 +387,55 @@ def build_repo(
 
 @app.command("run", context_settings={"ignore_unknown_options": True})
 def run(
-    command: Annotated[list[str], typer.Argument(help="Command and arguments (no shell).")],
-    name: NameOpt = None, image: ImageOpt = None, network: NetworkOpt = None,
-    port: PortOpt = None, env: EnvOpt = None, ttl: TtlOpt = None, memory: MemoryOpt = None,
-    cpus: CpusOpt = None, pids_limit: PidsOpt = None, read_only: ReadOnlyOpt = None,
-    runtime: RuntimeOpt = None, cap_add: CapAddOpt = None,
-    copy: Annotated[list[str] | None, typer.Option(
-        "--copy", help="Copy files matching this glob into /app first. Repeatable.")] = None,
+    command: CommandArg,
+    name: NameOpt = None,
+    image: ImageOpt = None,
+    network: NetworkOpt = None,
+    port: PortOpt = None,
+    env: EnvOpt = None,
+    ttl: TtlOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids_limit: PidsOpt = None,
+    read_only: ReadOnlyOpt = None,
+    runtime: RuntimeOpt = None,
+    cap_add: CapAddOpt = None,
+    copy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--copy",
+            metavar="PATTERN",
+            help="Copy files matching this glob into /app first. Repeatable.",
+        ),
+    ] = None,
     timeout: TimeoutOpt = None,
     workdir: WorkdirOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the exec result as JSON.")
-                        ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the exec result as JSON.")
+    ] = False,
 ) -> None:
     """Start, copy, exec and purge in one: exits with the command's code, always cleans up."""
     seconds = _timeout_seconds(timeout)
     directory = validate.container_dir(workdir) if workdir else None
     patterns = [validate.glob(p) for p in copy or []]
-    options = _resolve_start(image, network, port, env, False, ttl, memory, cpus, pids_limit,
-                             read_only, runtime, cap_add)
+    options = _resolve_start(
+        image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
+    )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info)
     try:
         if patterns:
             _report_copy(sandbox.copy_to(store, record.name, patterns), False)
         if json_out:
-            result = execute.run_captured(record.name, command, env={}, workdir=directory,
-                                          timeout=seconds)
+            result = execute.run_captured(
+                record.name, command, env={}, workdir=directory, timeout=seconds
+            )
             ui.emit_json(result.to_json())
             code = result.exit_code
         else:
-            code = execute.run_passthrough(record.name, command, env={}, workdir=directory,
-                                           timeout=seconds)
+            code = execute.run_passthrough(
+                record.name, command, env={}, workdir=directory, timeout=seconds
+            )
             if code == EXIT_TIMEOUT:
                 ui.error(f"timed out after {timeout}; the command was stopped in the container")
     finally:
@@ -321,11 +467,17 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Print each docker command line to stderr (secrets masked).")
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Print each docker command line to stderr (secrets masked)."
+        ),
     ] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", callback=version_callback, is_eager=True, help="Show the version.")
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Run untrusted code in locked-down Docker containers."""

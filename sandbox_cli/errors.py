@@ -13,7 +13,7 @@ EXIT_IMAGE = 6  # image missing, pull failed, build failed
 EXIT_DOCKER = 7  # any other docker failure
 EXIT_TIMEOUT = 124  # exec/run --timeout expired (as timeout(1))
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
-EXIT_TERMINATED = 143  # SIGTERM, e.g. a cancelled CI job
+EXIT_TERMINATED = 143  # SIGTERM, e.g. a cancelled CI job (128 + signal number)
 
 
 class SandboxError(Exception):
@@ -77,7 +77,12 @@ class DockerError(SandboxError):
         self.stderr = stderr
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived: raised from the signal handler so `finally` blocks still clean up."""
+class Signalled(BaseException):
+    """SIGINT or SIGTERM arrived: raised from our signal handler so that `finally` blocks
+    (run's purge, exec's in-container kill) still clean up. A BaseException, so no
+    `except Exception` swallows it."""
 
-    exit_code = EXIT_TERMINATED
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+        self.message = "interrupted" if self.exit_code == EXIT_INTERRUPTED else "terminated"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import docker
-from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError
+from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, Signalled
 from .state import StateStore
 
 DEFAULT_MAX_CAPTURE = 16 * 1024 * 1024  # per stream, for --json
@@ -74,7 +74,7 @@ def _finish(proc: subprocess.Popen[bytes], name: str, marker: str,
         kill_in_container(name, marker)
         _reap(proc)
         return EXIT_TIMEOUT, True
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Signalled):
         kill_in_container(name, marker)
         _reap(proc)
         raise

@@ -1,0 +1,121 @@
+"""Exact argv shapes of every docker call, without a daemon."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_cli import docker
+from sandbox_cli.__main__ import split_command_line
+
+
+def _spec(**overrides: object) -> docker.RunSpec:
+    base: dict[str, object] = dict(name="box", image="python:alpine", volume="/h/volumes/box",
+                                   user="1000:1000", home_label="abc", ttl_seconds=3600,
+                                   expires_at="2026-01-01T01:00:00Z")
+    base.update(overrides)
+    return docker.RunSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _plain_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SANDBOX_DOCKER", raising=False)
+
+
+def test_run_argv_is_locked_down_by_default() -> None:
+    assert docker.run_argv(_spec()) == [
+        "docker", "run", "-d", "--rm", "--pull", "never",
+        "--name", "box", "--hostname", "box",
+        "--label", "sandbox-cli.managed=1", "--label", "sandbox-cli.home=abc",
+        "--label", "sandbox-cli.name=box", "--label", "sandbox-cli.keep=0",
+        "--label", "sandbox-cli.expires=2026-01-01T01:00:00Z",
+        "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", "1000:1000", "--pids-limit", "256", "--memory", "1g", "--memory-swap", "1g",
+        "--cpus", "1", "--init",
+        "--log-driver", "json-file", "--log-opt", "max-size=1m", "--log-opt", "max-file=1",
+        "--env", "HOME=/tmp",
+        "--mount", "type=bind,source=/h/volumes/box,target=/app", "--workdir", "/app",
+        "--entrypoint", "sleep", "python:alpine", "3600",
+    ]
+
+
+def test_run_argv_loosenings_are_explicit() -> None:
+    argv = docker.run_argv(_spec(
+        network=True, ports=["127.0.0.1:8088:80/tcp"], env_keys=["TOKEN"], ttl_seconds=None,
+        read_only=True, runtime="runsc", cap_add=["NET_BIND_SERVICE"], memory="2g", cpus=1.5,
+        pids_limit=64,
+    ))
+    joined = " ".join(argv)
+    assert "--network bridge" in joined
+    assert "--publish 127.0.0.1:8088:80/tcp" in joined
+    assert "--read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m" in joined
+    assert "--runtime runsc" in joined
+    assert "--cap-add NET_BIND_SERVICE" in joined
+    assert "--memory 2g --memory-swap 2g --cpus 1.5" in joined
+    assert "--pids-limit 64" in joined
+    assert "sandbox-cli.keep=1" in joined
+    # env values never reach argv (where `ps` would show them): only the key does
+    assert argv[argv.index("TOKEN") - 1] == "--env"
+    assert argv[-2:] == ["python:alpine", docker.SLEEP_FOREVER]
+
+
+def test_mount_quotes_paths_with_commas() -> None:
+    argv = docker.run_argv(_spec(volume='/h/a,b"c/box'))
+    assert argv[argv.index("--mount") + 1] == 'type=bind,"source=/h/a,b""c/box",target=/app'
+
+
+def test_exec_argv() -> None:
+    assert docker.exec_argv("box", ["python", "-c", "print(1)"], marker="m1",
+                            env_keys=["A"], workdir="/app/src", stdin=True) == [
+        "docker", "exec", "-i", "--env", "SANDBOX_EXEC_ID=m1", "--env", "A",
+        "--workdir", "/app/src", "box", "python", "-c", "print(1)",
+    ]
+    assert docker.exec_argv("box", ["true"], marker="m", tty=True, stdin=True)[2:4] == ["-i", "-t"]
+
+
+def test_other_argv_builders() -> None:
+    assert docker.remove_argv(["a", "b"]) == ["docker", "rm", "-f", "a", "b"]
+    assert docker.network_disconnect_argv("bridge", "box") == [
+        "docker", "network", "disconnect", "--force", "bridge", "box"]
+    assert docker.build_argv("o/n", "https://github.com/o/n.git#main:dir") == [
+        "docker", "build", "--tag", "o/n", "--", "https://github.com/o/n.git#main:dir"]
+    assert docker.list_argv("abc")[-6:] == [
+        "--filter", "label=sandbox-cli.managed=1", "--filter", "label=sandbox-cli.home=abc",
+        "--format", "{{json .}}"]
+    kill = docker.kill_exec_argv("box", "m1")
+    assert kill[:5] == ["docker", "exec", "box", "sh", "-c"] and kill[-2:] == ["sandbox-kill", "m1"]
+
+
+def test_docker_binary_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_DOCKER", "/opt/podman-docker")
+    assert docker.remove_argv(["a"])[0] == "/opt/podman-docker"
+
+
+@pytest.mark.parametrize(("stderr", "kind"), [
+    ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon "
+     "running?", "DockerUnavailable"),
+    ("permission denied while trying to connect to the Docker daemon socket", "DockerUnavailable"),
+    ("Error response from daemon: No such container: box", "SandboxNotFound"),
+    ("docker: Error response from daemon: No such image: x:latest", "ImageError"),
+    ('docker: Error response from daemon: Conflict. The container name "/box" is already in use '
+     'by container "abc".', "NameInUse"),
+    ("something else entirely", "DockerError"),
+])
+def test_failures_are_classified(stderr: str, kind: str) -> None:
+    error = docker.classify_failure(["docker", "run"], 125, stderr)
+    assert type(error).__name__ == kind
+    assert "\n" not in error.message
+
+
+@pytest.mark.parametrize(("args", "leading", "expected"), [
+    (["box", "python", "-c", "x"], 1, ["box", "--", "python", "-c", "x"]),
+    (["box", "--timeout", "5", "node", "-e", "x"], 1,
+     ["box", "--timeout", "5", "--", "node", "-e", "x"]),
+    (["--timeout", "5", "box", "ls", "-la"], 1, ["--timeout", "5", "box", "--", "ls", "-la"]),
+    (["box", "--", "ls", "--json"], 1, ["box", "--", "ls", "--json"]),
+    (["box", "--json", "ls"], 1, ["box", "--json", "--", "ls"]),
+    (["--copy", "src/**", "python", "-m", "pytest"], 0,
+     ["--copy", "src/**", "--", "python", "-m", "pytest"]),
+    (["box"], 1, ["box"]),
+])
+def test_command_line_split(args: list[str], leading: int, expected: list[str]) -> None:
+    assert split_command_line(args, {"--timeout", "--copy", "-e", "--env"}, leading) == expected

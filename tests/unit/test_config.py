@@ -1,0 +1,81 @@
+"""Configuration layers and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox_cli import config
+from sandbox_cli.errors import ConfigError, InvalidInput
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    user = tmp_path / "xdg"
+    project = tmp_path / "project" / "sub"
+    project.mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(user))
+    monkeypatch.chdir(project)
+    return user / "sandbox-cli" / "config.yaml", project.parent / "sandbox.yaml"
+
+
+def test_defaults_are_locked_down(dirs: tuple[Path, Path]) -> None:
+    options = config.resolve({}, environ={}).options
+    assert options == config.StartOptions()
+    assert (options.image, options.network, options.ttl, options.keep) == (
+        "python:alpine", False, "1h", False)
+
+
+def test_precedence_flags_env_project_user(dirs: tuple[Path, Path]) -> None:
+    user, project = dirs
+    user.parent.mkdir(parents=True)
+    user.write_text("image: user/img\nmemory: 2g\nttl: 5m\nenv: {A: user, B: user}\n")
+    project.write_text("image: project/img\nmemory: 3g\nenv:\n  B: project\n  C: project\n")
+    resolved = config.resolve({"memory": "4g", "env": {"C": "flag"}},
+                              environ={"SANDBOX_IMAGE": "env/img"})
+    options = resolved.options
+    assert options.image == "env/img"  # env beats both files
+    assert options.memory == "4g"  # flag beats all
+    assert options.ttl == "5m"  # only the user file sets it
+    assert options.env == {"A": "user", "B": "project", "C": "flag"}  # merged key by key
+    assert resolved.files == [str(user), str(project)]
+
+
+def test_project_file_that_loosens_is_reported(dirs: tuple[Path, Path]) -> None:
+    _, project = dirs
+    project.write_text("network: true\nports: ['8080:80']\n")
+    resolved = config.resolve({}, environ={})
+    assert resolved.loosened_by_project == ["network", "ports"]
+    assert resolved.options.ports == ["127.0.0.1:8080:80/tcp"]
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ("image: ok\nimagee: typo\n", 2, "unknown setting 'imagee'"),
+    ("image: ok\nnetwork: maybe\n", 2, "network"),
+    ("pids: many\n", 1, "pids"),
+    ("ports: ['99999:1']\n", 1, "invalid port"),
+    ("image: [unclosed\n", 2, ""),
+    ("- a list\n", 1, "expected a mapping"),
+])
+def test_bad_files_name_file_and_line(dirs: tuple[Path, Path], text: str, line: int,
+                                      words: str) -> None:
+    _, project = dirs
+    project.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config.resolve({}, environ={})
+    message = caught.value.message
+    assert message.startswith(f"{project}:{line}:"), message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_bad_environment_value_is_named(dirs: tuple[Path, Path]) -> None:
+    with pytest.raises(InvalidInput, match="SANDBOX_TTL"):
+        config.resolve({}, environ={"SANDBOX_TTL": "soon"})
+
+
+def test_empty_file_is_fine(dirs: tuple[Path, Path]) -> None:
+    _, project = dirs
+    project.write_text("# nothing yet\n")
+    assert config.resolve({}, environ={}).options == config.StartOptions()
