@@ -318,9 +318,12 @@ def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
 
 
 @app.command()
-def disconnect(name: NameArg) -> None:
+def disconnect(name: NameArg, json_out: JsonOpt = False) -> None:
     """Detach a sandbox from every network; published ports stop answering."""
     left = sandbox.disconnect(_store(), name)
+    if json_out:
+        ui.emit_json({"name": name, "disconnected": left})
+        return
     ui.info(
         f"{name}: disconnected from {', '.join(left)}"
         if left
@@ -378,7 +381,7 @@ def build_repo(
     json_out: JsonOpt = False,
 ) -> None:
     """Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)."""
-    built = sandbox.build_repo(repo, branch, subdir, tag, plain_progress=not ui.fancy(sys.stderr))
+    built = sandbox.build_repo(repo, branch, subdir, tag, live=ui.is_terminal(sys.stderr))
     if json_out:
         ui.emit_json({"tag": built})
     else:

@@ -405,11 +405,20 @@ def _build_failure_line(text: str) -> str:
 
 
 def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
-               tag: str | None = None, plain_progress: bool = False) -> str:
-    """`docker build -t TAG URL#BRANCH:DIR` with its output on stderr; returns the tag."""
+               tag: str | None = None, live: bool = False) -> str:
+    """`docker build -t TAG URL#BRANCH:DIR` with its output on stderr; returns the tag.
+
+    LIVE (a terminal): docker draws its own progress on our stderr. Otherwise (CI, pipes):
+    plain lines, passed through as they come, the last ones kept for the error message.
+    """
     chosen, url = repo_build_target(repo, branch, subdir, tag)
     argv = docker.build_argv(chosen, url)
-    env = {**os.environ, "BUILDKIT_PROGRESS": "plain"} if plain_progress else None
+    if live:
+        code = docker.stream_to_stderr(argv)
+        if code != 0:
+            raise ImageError(f"build of {url} failed (docker build exit code {code})")
+        return chosen
+    env = {**os.environ, "BUILDKIT_PROGRESS": "plain"}
     proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
                                stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None

@@ -1,7 +1,8 @@
 """Everything shown to a person. The only module that imports rich, and only when it draws.
 
 stdout carries data (names, bytes, JSON, tables); stderr carries talk (progress, warnings,
-errors). NO_COLOR, TERM=dumb or a stream that is not a terminal give plain text.
+errors). A stream that is not a terminal (or TERM=dumb) gets plain lines; NO_COLOR keeps the
+layout but drops colour and styles (rich honours it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ PROG = "sandbox"
 _SECRET_SAFE_KEYS = {"HOME", "SANDBOX_EXEC_ID"}
 
 
-def fancy(stream: Any) -> bool:
-    """True when STREAM is a terminal that wants decoration."""
-    return (hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
-            and "NO_COLOR" not in os.environ)
+def is_terminal(stream: Any) -> bool:
+    """True when STREAM is a terminal able to draw tables and progress bars."""
+    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def error(message: str) -> None:
@@ -103,14 +103,15 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
             return "never" if row.get("keep") else (value or "-")
         return str(value if value not in (None, "") else "-")
 
-    if not fancy(sys.stdout):
+    if not is_terminal(sys.stdout):
         for row in rows:
             data("\t".join(cell(row, k) for k in LS_COLUMNS))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
+    styled = "NO_COLOR" not in os.environ
+    table = Table(box=None, header_style="bold" if styled else "", pad_edge=False)
     for key in LS_COLUMNS:
         table.add_column(key.replace("_at", "").upper())
     for row in rows:
@@ -118,13 +119,13 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         info("no sandboxes (start one with `sandbox start`)")
         return
-    Console().print(table)
+    Console(no_color=not styled, highlight=False).print(table)
 
 
 @contextmanager
 def copy_progress(total_hint: int | None = None) -> Iterator[Callable[[int], None]]:
     """A progress bar on a terminal stderr while files are copied; a no-op elsewhere."""
-    if not fancy(sys.stderr):
+    if not is_terminal(sys.stderr):
         yield lambda size: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
