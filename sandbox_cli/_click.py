@@ -12,7 +12,7 @@ import typer
 try:
     from typer import _click as click  # type: ignore[attr-defined, unused-ignore]
 except ImportError:  # pragma: no cover - typer < 0.26
-    import click  # type: ignore[no-redef, unused-ignore]
+    import click  # type: ignore[no-redef, import-not-found, unused-ignore]
 
 USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.UsageError,)
 CLICK_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException,)

@@ -319,11 +319,12 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     """
     for name in names:
         validate.name(name)
+    expired = forget_expired(store)  # already gone: purging them again is not an error
     records = store.load()
     containers = _labelled_containers(store)
     if names:
         missing = [n for n in names if n not in records and n not in containers
-                   and not os.path.isdir(store.volume_path(n))]
+                   and n not in expired and not os.path.isdir(store.volume_path(n))]
         targets = [n for n in dict.fromkeys(names) if n not in missing]
     else:
         missing = []
