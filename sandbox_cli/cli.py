@@ -286,7 +286,7 @@ def copy_to(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy host files matching PATTERN (relative to the current directory) into the sandbox."""
-    with ui.copy_progress() as advance:
+    with ui.copy_progress() as progress:
         summary = sandbox.copy_to(
             _store(),
             name,
@@ -294,7 +294,7 @@ def copy_to(
             dest,
             exclude or [],
             use_gitignore=not no_ignore,
-            on_file=advance,
+            progress=progress,
         )
     _report_copy(summary, json_out)
 

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from . import docker, validate, volume
 from .config import StartOptions
@@ -185,6 +185,14 @@ def read_file(store: StateStore, name: str, path: str, out_fd: int) -> int:
         return volume.read_to(root, parts, out_fd)
 
 
+class CopyProgress(Protocol):
+    """Told how many files a copy will take, then of each file copied."""
+
+    def begin(self, files: int) -> None: ...
+
+    def advance(self, size: int) -> None: ...
+
+
 @dataclass
 class CopySummary:
     """What copy-to did."""
@@ -197,7 +205,7 @@ class CopySummary:
 
 def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = ".",
             excludes: Sequence[str] = (), use_gitignore: bool = True,
-            source_root: str | None = None, on_file: Callable[[int], None] | None = None,
+            source_root: str | None = None, progress: CopyProgress | None = None,
             ) -> CopySummary:
     """Copy host files matching PATTERNS (below SOURCE_ROOT, default cwd) into DEST."""
     from .selection import select_files  # imports pathspec: only this command needs it
@@ -206,6 +214,8 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
     record = require(store, name)
     root = os.path.abspath(source_root or os.getcwd())
     selection = select_files(root, patterns, excludes, use_gitignore)
+    if progress:
+        progress.begin(len(selection.files))
     total = 0
     with volume.opened_root(store.volumes_dir, name) as root_fd, \
             volume.DirWalker(root_fd, file_owner(record)) as walker:
@@ -217,8 +227,8 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
             finally:
                 os.close(src)
             total += size
-            if on_file:
-                on_file(size)
+            if progress:
+                progress.advance(size)
     return CopySummary(len(selection.files), total, "/app/" + "/".join(dest_parts),
                        selection.skipped_links)
 

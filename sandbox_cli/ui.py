@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -122,18 +122,34 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
     Console(no_color=not styled, highlight=False).print(table)
 
 
-@contextmanager
-def copy_progress(total_hint: int | None = None) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal stderr while files are copied; a no-op elsewhere."""
-    if not is_terminal(sys.stderr):
-        yield lambda size: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+class _CopyBar:
+    """A rich progress bar counting files, with the bytes copied so far."""
 
-    with Progress(TextColumn("copying"), BarColumn(), TextColumn("{task.completed} files"),
-                  TransferSpeedColumn(), transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task("copy", total=total_hint)
-        yield lambda size: bar.advance(task, 1)
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.task = bar.add_task("copying", total=None, copied="0 B")
+        self.copied = 0
+
+    def begin(self, files: int) -> None:
+        self.bar.update(self.task, total=files)
+
+    def advance(self, size: int) -> None:
+        self.copied += size
+        self.bar.update(self.task, advance=1, copied=human_bytes(self.copied))
+
+
+@contextmanager
+def copy_progress() -> Iterator[_CopyBar | None]:
+    """A progress bar on a terminal stderr while files are copied; None elsewhere."""
+    if not is_terminal(sys.stderr):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("copying"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("files, {task.fields[copied]}"))
+    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
+        yield _CopyBar(bar)
 
 
 def _stderr_console() -> Any:

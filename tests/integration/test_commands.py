@@ -185,7 +185,7 @@ def test_published_port_answers_then_disconnect_cuts_it(start_box, sandbox: Runn
     port = _free_port()
     name = start_box("--network", "-p", f"{port}:8000", image=PYTHON_IMAGE)
     assert docker_inspect(name, "{{json .HostConfig.PortBindings}}") == (
-        '{"8000/tcp":[{"HostIp":"127.0.0.1","HostPort":"%d"}]}' % port)
+        f'{{"8000/tcp":[{{"HostIp":"127.0.0.1","HostPort":"{port}"}}]}}')
     sandbox("exec", name, "sh", "-c",
             "nohup python -m http.server 8000 >/dev/null 2>&1 &", check=True)
     url = f"http://127.0.0.1:{port}/"

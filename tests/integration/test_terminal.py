@@ -52,6 +52,6 @@ def test_copy_to_shows_progress_only_on_a_terminal(box: str, sandbox: Runner,
     for i in range(300):
         (src / f"f{i}.txt").write_bytes(b"x" * 1000)
     drawn = _on_terminal("copy-to", box, "*.txt", "many", cwd=src)
-    assert b"copying" in drawn and b"copied 300 files" in drawn
+    assert b"copying" in drawn and b"300/300" in drawn and b"copied 300 files" in drawn
     piped = sandbox("copy-to", box, "*.txt", "again", cwd=src, check=True)
     assert piped.stderr == b"sandbox: copied 300 files (293.0 KB) to /app/again\n"
