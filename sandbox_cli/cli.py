@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import config, execute, sandbox, ui, validate
-from .errors import EXIT_TIMEOUT, InvalidInput
+from .errors import InvalidInput
 from .state import SandboxRecord, StateStore
 
 app = typer.Typer(
@@ -233,15 +233,21 @@ def exec_(
     seconds = _timeout_seconds(timeout)
     pairs = _env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
-    execute.check_runnable(_store(), name)
     if json_out:
+        execute.check_runnable(_store(), name)
         result = execute.run_captured(name, command, env=pairs, workdir=directory, timeout=seconds)
         ui.emit_json(result.to_json())
         raise typer.Exit(result.exit_code)
-    code = execute.run_passthrough(name, command, env=pairs, workdir=directory, timeout=seconds)
-    if code == EXIT_TIMEOUT:
-        ui.error(f"timed out after {timeout}; the command was stopped in the container")
+    code, timed_out = execute.exec_streaming(
+        _store(), name, command, env=pairs, workdir=directory, timeout=seconds
+    )
+    if timed_out:
+        _say_timed_out(timeout)
     raise typer.Exit(code)
+
+
+def _say_timed_out(timeout: str | None) -> None:
+    ui.error(f"timed out after {timeout}; the command was stopped in the container")
 
 
 @app.command()
@@ -436,11 +442,11 @@ def run(
             ui.emit_json(result.to_json())
             code = result.exit_code
         else:
-            code = execute.run_passthrough(
+            code, timed_out = execute.run_passthrough(
                 record.name, command, env={}, workdir=directory, timeout=seconds
             )
-            if code == EXIT_TIMEOUT:
-                ui.error(f"timed out after {timeout}; the command was stopped in the container")
+            if timed_out:
+                _say_timed_out(timeout)
     finally:
         sandbox.purge(store, [record.name])
     raise typer.Exit(code)

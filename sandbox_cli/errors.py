@@ -5,6 +5,7 @@ from __future__ import annotations
 # Exit codes, documented in README.md ("Exit codes"). exec and run pass the command's own code.
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # doctor found a problem
+EXIT_HOST = 1  # the host refused a file operation (unwritable SANDBOX_HOME, disk full)
 EXIT_USAGE = 2  # bad input: options, names, paths, ports, globs, durations, config files
 EXIT_NOT_FOUND = 3  # no such sandbox
 EXIT_FILE = 4  # a file inside a sandbox is missing or refused (link, FIFO, device, directory)

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from . import docker, validate, volume
-from .config import StartOptions
 from .errors import DockerError, ImageError, InvalidInput, NameInUse, SandboxNotFound
 from .state import SandboxRecord, StateStore, iso_after, now_iso
+
+if TYPE_CHECKING:  # an annotation only: exec, read and write need not import config
+    from .config import StartOptions
 
 NOBODY = (65534, 65534)
 ORPHAN_MIN_AGE_SECONDS = 60  # a folder this young may belong to a start still in progress
@@ -46,6 +47,8 @@ def file_owner(record: SandboxRecord) -> tuple[int, int] | None:
 
 def generate_name() -> str:
     """A fresh sandbox name such as box-3f9a2c1d."""
+    import secrets  # here, not at the top: it costs ~3 ms, and only start and run need a name
+
     return f"box-{secrets.token_hex(4)}"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
+import functools
 import json
 import os
 import time
@@ -36,6 +36,8 @@ def home_dir() -> str:
 
 def home_label(home: str) -> str:
     """A short id for a home folder, put on containers so homes never purge each other's."""
+    import hashlib  # here: loading OpenSSL costs ~2 ms, and only start, ls and purge need it
+
     return hashlib.sha256(os.path.realpath(home).encode()).hexdigest()[:16]
 
 
@@ -113,7 +115,11 @@ class StateStore:
         self.path = os.path.join(self.home, "state.json")
         self.lock_path = os.path.join(self.home, "state.lock")
         self.volumes_dir = os.path.join(self.home, "volumes")
-        self.label = home_label(self.home)
+
+    @functools.cached_property
+    def label(self) -> str:
+        """home_label of this home, computed on first use (exec, read, write never use it)."""
+        return home_label(self.home)
 
     def volume_path(self, name: str) -> str:
         """The host folder of sandbox NAME (derived, never read from the file)."""

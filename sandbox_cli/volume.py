@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -177,6 +176,8 @@ def _copy_fd(src: int, dst: int, limit: int) -> int:
 
 def _new_temp(dir_fd: int, owner: tuple[int, int] | None) -> tuple[int, str]:
     """Create a fresh file in DIR_FD (O_EXCL: never an existing file, link or FIFO)."""
+    import secrets  # here, not at the top: it costs ~3 ms, and exec and read never need it
+
     for _ in range(100):
         tmp = _TMP_PREFIX + secrets.token_hex(8)
         try:
@@ -206,11 +207,21 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+@contextmanager
+def _refuse_if_removed(shown: str) -> Iterator[None]:
+    """ENOENT mid-write means the container removed a directory we hold open, or our temporary
+    file, between two of our calls: a refusal (exit code 4), not a crash with a traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UnsafePath(f"{shown}: changed by the container while writing; not written") from None
+
+
 def write_from(root_fd: int, parts: tuple[str, ...], source: BinaryIO | bytes,
                owner: tuple[int, int] | None = None) -> int:
     """Write SOURCE (bytes, or a stream read in chunks) to PARTS, creating parent folders."""
     shown = _show(parts)
-    with DirWalker(root_fd, owner) as walker:
+    with _refuse_if_removed(shown), DirWalker(root_fd, owner) as walker:
         parent = walker.dir_fd(parts[:-1], create=True)
         fd, tmp = _new_temp(parent, owner)
         written = 0
@@ -236,16 +247,18 @@ def write_from(root_fd: int, parts: tuple[str, ...], source: BinaryIO | bytes,
 
 def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, size: int) -> None:
     """Copy an open host file into the sandbox at DEST_PARTS (parents created)."""
-    parent = walker.dir_fd(dest_parts[:-1], create=True)
-    fd, tmp = _new_temp(parent, walker.owner)
-    try:
-        _copy_range(src_fd, fd, size)
-    except BaseException:
+    shown = _show(dest_parts)
+    with _refuse_if_removed(shown):
+        parent = walker.dir_fd(dest_parts[:-1], create=True)
+        fd, tmp = _new_temp(parent, walker.owner)
+        try:
+            _copy_range(src_fd, fd, size)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(parent, tmp)
+            raise
         os.close(fd)
-        _unlink_quietly(parent, tmp)
-        raise
-    os.close(fd)
-    _commit(parent, tmp, dest_parts[-1], _show(dest_parts))
+        _commit(parent, tmp, dest_parts[-1], shown)
 
 
 def _copy_range(src: int, dst: int, size: int) -> None:
