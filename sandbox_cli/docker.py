@@ -129,11 +129,14 @@ def exec_argv(name: str, command: Sequence[str], *, marker: str, env_keys: Itera
     return [*argv, name, *command]
 
 
-# Ends every process an exec started: those carrying its marker, their session (runc makes each
-# exec a session leader) and their descendants. Frozen with SIGSTOP first so none can fork away
-# while we look; repeated until a pass finds nothing. POSIX sh, tr and grep only.
+# Ends every process an exec started: those carrying its marker, their sessions (runc makes each
+# exec a session leader) and their descendants, plus any process that began after the exec did
+# ($2, in clock ticks since boot) unless it sits in another live exec's session (whose leader,
+# started by runc, has parent 0). So a child that scrubs its environment, calls setsid and is
+# orphaned is still found: it cannot change its start time. Frozen with SIGSTOP first so none
+# can fork away while we look; repeated until a pass finds nothing. POSIX sh, tr and grep only.
 KILL_SCRIPT = r"""
-id="$1"; me=$$; frozen=" "; sids=" "
+id="$1"; since="$2"; me=$$; frozen=" "; sids=" "
 pass=0
 while [ $pass -lt 20 ]; do
   pass=$((pass + 1)); found=""
@@ -144,13 +147,22 @@ while [ $pass -lt 20 ]; do
     stat=$(cat "$d/stat" 2>/dev/null) || continue
     rest=${stat##*) }
     set -- $rest
-    ppid=$2; sid=$4
+    ppid=$2; sid=$4; started=${20}
+    [ "$ppid" = "$me" ] || [ "$sid" = "$me" ] && continue
     hit=""
     case "$frozen" in *" $ppid "*) hit=1;; esac
     case "$sids" in *" $sid "*) hit=1;; esac
     if [ -z "$hit" ] && tr '\0' '\n' < "$d/environ" 2>/dev/null \
         | grep -qx "SANDBOX_EXEC_ID=$id"; then
       hit=1
+    fi
+    if [ -z "$hit" ] && [ -n "$since" ] && [ "$started" -ge "$since" ] 2>/dev/null; then
+      hit=1
+      if leader=$(cat "/proc/$sid/stat" 2>/dev/null); then
+        leader=${leader##*) }
+        set -- $leader
+        [ "$2" = 0 ] && hit=""
+      fi
     fi
     if [ -n "$hit" ]; then
       kill -STOP "$p" 2>/dev/null
@@ -167,9 +179,11 @@ exit 0
 """
 
 
-def kill_exec_argv(name: str, marker: str) -> list[str]:
-    """`docker exec` of the script that ends every process tagged with MARKER."""
-    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker]
+def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None) -> list[str]:
+    """`docker exec` of the script that ends every process the exec tagged MARKER started
+    (and every unclaimed process that began at or after SINCE_TICKS, clock ticks since boot)."""
+    since = "" if since_ticks is None else str(since_ticks)
+    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since]
 
 
 def remove_argv(names: Sequence[str]) -> list[str]:

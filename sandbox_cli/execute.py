@@ -46,10 +46,20 @@ class ExecResult:
         }
 
 
-def _new_marker() -> str:
-    """A fresh exec marker: what secrets.token_hex(8) returns (os.urandom, as hex), without
-    importing secrets, which pulls in hmac, hashlib and OpenSSL (~3 ms of every exec)."""
-    return os.urandom(8).hex()
+@dataclass(frozen=True)
+class ExecTag:
+    """How the kill script recognises an exec's processes: a random marker in their
+    environment, and the moment (clock ticks since boot) just before the exec began."""
+
+    marker: str
+    since_ticks: int
+
+
+def _new_tag() -> ExecTag:
+    """A fresh tag. The marker is what secrets.token_hex(8) returns (os.urandom as hex),
+    without importing secrets, which pulls in hmac, hashlib and OpenSSL (~3 ms an exec)."""
+    ticks = int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+    return ExecTag(os.urandom(8).hex(), ticks)
 
 
 def _stdin_mode() -> tuple[bool, bool]:
@@ -64,23 +74,23 @@ def _stdin_mode() -> tuple[bool, bool]:
     return True, False
 
 
-def kill_in_container(name: str, marker: str) -> None:
-    """End every process the exec tagged MARKER started (best effort, never raises)."""
+def kill_in_container(name: str, tag: ExecTag) -> None:
+    """End every process the exec tagged TAG started (best effort, never raises)."""
     with contextlib.suppress(SandboxError):
-        docker.run_docker(docker.kill_exec_argv(name, marker), check=False)
+        docker.run_docker(docker.kill_exec_argv(name, tag.marker, tag.since_ticks), check=False)
 
 
-def _finish(proc: subprocess.Popen[bytes], name: str, marker: str,
+def _finish(proc: subprocess.Popen[bytes], name: str, tag: ExecTag,
             timeout: float | None) -> tuple[int, bool]:
     """Wait for PROC; on timeout or Ctrl-C end the command in the container, then the client."""
     try:
         return proc.wait(timeout=timeout), False
     except subprocess.TimeoutExpired:
-        kill_in_container(name, marker)
+        kill_in_container(name, tag)
         _reap(proc)
         return EXIT_TIMEOUT, True
     except (KeyboardInterrupt, Signalled):
-        kill_in_container(name, marker)
+        kill_in_container(name, tag)
         _reap(proc)
         raise
 
@@ -105,12 +115,12 @@ def run_passthrough(name: str, command: Sequence[str], *, env: dict[str, str],
     if not command or not command[0]:
         raise InvalidInput("no command given")
     stdin, tty = _stdin_mode()
-    marker = _new_marker()
-    argv = docker.exec_argv(name, command, marker=marker, env_keys=sorted(env),
+    tag = _new_tag()
+    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
                             workdir=workdir, stdin=stdin, tty=tty)
     proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
                                env=_command_env(env))
-    return _finish(proc, name, marker, timeout)
+    return _finish(proc, name, tag, timeout)
 
 
 def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
@@ -143,8 +153,8 @@ def run_captured(name: str, command: Sequence[str], *, env: dict[str, str],
         raise InvalidInput("no command given")
     stdin, _ = _stdin_mode()
     stdin = stdin and not os.isatty(0)
-    marker = _new_marker()
-    argv = docker.exec_argv(name, command, marker=marker, env_keys=sorted(env),
+    tag = _new_tag()
+    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
                             workdir=workdir, stdin=stdin)
     began = time.monotonic()
     proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
@@ -158,7 +168,7 @@ def run_captured(name: str, command: Sequence[str], *, env: dict[str, str],
                                 daemon=True)]
     for reader in readers:
         reader.start()
-    code, timed_out = _finish(proc, name, marker, timeout)
+    code, timed_out = _finish(proc, name, tag, timeout)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_SECONDS)
     return ExecResult(code, bytes(out), bytes(err), timed_out, out_cut[0], err_cut[0],

@@ -176,15 +176,29 @@ def test_timeout_kills_background_setsid_and_double_forked_children(box: str,
     assert elapsed < 30
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a child that clears its environment "
-                   "(drops SANDBOX_EXEC_ID), starts its own session and is orphaned is not "
-                   "found by the kill script; see the security test report")
 def test_timeout_kills_child_that_scrubs_its_environment(box: str, sandbox: Runner) -> None:
     proc = sandbox("exec", "--timeout", "2", box, "sh", "-c",
                    "env -i setsid sh -c 'sleep 3101 & exit 0' </dev/null >/dev/null 2>&1; "
                    "sleep 3100", timeout=60)
     assert proc.returncode == 124
     assert "sleep 3101" not in processes(box)
+
+
+def test_timeout_spares_a_concurrent_exec(box: str, sandbox: Runner, home: Path) -> None:
+    other = subprocess.Popen([*CLI, "exec", box, "sleep", "3301"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: "sleep 3301" in processes(box)), "other exec never started"
+        proc = sandbox("exec", "--timeout", "2", box, "sh", "-c", "sleep 3302 & sleep 3303",
+                       timeout=60)
+        assert proc.returncode == 124
+        left = processes(box)
+        assert "sleep 3302" not in left and "sleep 3303" not in left, left
+        assert "sleep 3301" in left, "the timeout killed another exec's command"
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _reset_sigint() -> None:

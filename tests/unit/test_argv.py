@@ -81,8 +81,9 @@ def test_other_argv_builders() -> None:
     assert docker.list_argv("abc")[-6:] == [
         "--filter", "label=sandbox-cli.managed=1", "--filter", "label=sandbox-cli.home=abc",
         "--format", "{{json .}}"]
-    kill = docker.kill_exec_argv("box", "m1")
-    assert kill[:5] == ["docker", "exec", "box", "sh", "-c"] and kill[-2:] == ["sandbox-kill", "m1"]
+    kill = docker.kill_exec_argv("box", "m1", 1234)
+    assert kill[:5] == ["docker", "exec", "box", "sh", "-c"]
+    assert kill[-3:] == ["sandbox-kill", "m1", "1234"]
 
 
 def test_docker_binary_override(monkeypatch: pytest.MonkeyPatch) -> None:
