@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import config, execute, sandbox, ui, validate
+from . import config, docker, execute, sandbox, ui, validate
 from .errors import InvalidInput
 from .state import SandboxRecord, StateStore
 
@@ -234,8 +234,9 @@ def exec_(
     pairs = _env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
     if json_out:
-        execute.check_runnable(_store(), name)
-        result = execute.run_captured(name, command, env=pairs, workdir=directory, timeout=seconds)
+        result = execute.exec_captured(
+            _store(), name, command, env=pairs, workdir=directory, timeout=seconds
+        )
         ui.emit_json(result.to_json())
         raise typer.Exit(result.exit_code)
     code, timed_out = execute.exec_streaming(
@@ -402,7 +403,6 @@ def run(
     network: NetworkOpt = None,
     port: PortOpt = None,
     env: EnvOpt = None,
-    ttl: TtlOpt = None,
     memory: MemoryOpt = None,
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
@@ -428,27 +428,36 @@ def run(
     directory = validate.container_dir(workdir) if workdir else None
     patterns = [validate.glob(p) for p in copy or []]
     options = _resolve_start(
-        image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
+        image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
+        cap_add,
     )
+    forward, tty = execute.stdin_mode()
+    if json_out:  # no terminal: stdout and stderr must stay apart
+        forward, tty = forward and not sys.stdin.isatty(), False
     store = _store()
-    record = sandbox.start(store, options, name, progress=ui.info)
+    record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
+                                     stdin=forward, tty=tty, progress=ui.info)
+    finished = False
     try:
         if patterns:
             _report_copy(sandbox.copy_to(store, record.name, patterns), False)
+        argv = docker.start_attached_argv(record.name, stdin=forward)
+
+        def stop() -> None:  # the command is the container's main process: end the container
+            sandbox.remove_container(record.name)
+
         if json_out:
-            result = execute.run_captured(
-                record.name, command, env={}, workdir=directory, timeout=seconds
-            )
+            result = execute.capture(argv, stdin=forward, env=None, timeout=seconds, stop=stop)
             ui.emit_json(result.to_json())
-            code = result.exit_code
+            code, timed_out = result.exit_code, result.timed_out
         else:
-            code, timed_out = execute.run_passthrough(
-                record.name, command, env={}, workdir=directory, timeout=seconds
-            )
-            if timed_out:
-                _say_timed_out(timeout)
+            code, timed_out = execute.stream(argv, stdin=forward, env=None, timeout=seconds,
+                                             stop=stop)
+        finished = not timed_out
+        if timed_out:
+            _say_timed_out(timeout)
     finally:
-        sandbox.purge(store, [record.name])
+        sandbox.discard(store, record.name, container_gone=finished)
     raise typer.Exit(code)
 
 

@@ -47,8 +47,9 @@ class RunSpec:
     volume: str
     user: str
     home_label: str
-    ttl_seconds: int | None  # None: never expires (--keep)
+    ttl_seconds: int | None  # None: never expires (--keep, or run's one-shot containers)
     expires_at: str = ""
+    keep: bool = False  # survives a bare purge
     network: bool = False
     ports: list[str] = field(default_factory=list)  # normalised IP:HOST:CONTAINER/PROTO
     env_keys: list[str] = field(default_factory=list)  # values travel in docker's environment
@@ -66,13 +67,38 @@ def run_argv(spec: RunSpec) -> list[str]:
 
     With --rm, Docker removes the container when that sleep ends: expiry needs no daemon of ours.
     """
+    sleep_for = SLEEP_FOREVER if spec.ttl_seconds is None else str(spec.ttl_seconds)
+    return [docker_binary(), "run", "-d", "--rm", "--pull", "never", *_container_options(spec),
+            "--entrypoint", "sleep", spec.image, sleep_for]
+
+
+def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = None,
+                stdin: bool = False, tty: bool = False) -> list[str]:
+    """`docker create --rm ...` of a one-shot sandbox whose main process is COMMAND itself
+    (run without the image's entrypoint, as exec would). Started with start_attached_argv."""
+    argv = [docker_binary(), "create", "--rm", "--pull", "never", *_container_options(spec)]
+    if workdir:
+        argv += ["--workdir", workdir]
+    if stdin:
+        argv.append("--interactive")
+    if tty:
+        argv.append("--tty")
+    return [*argv, "--entrypoint", command[0], spec.image, *command[1:]]
+
+
+def start_attached_argv(name: str, *, stdin: bool = False) -> list[str]:
+    """`docker start --attach`: its exit code is the container's."""
+    return [docker_binary(), "start", "--attach", *(["--interactive"] if stdin else []), name]
+
+
+def _container_options(spec: RunSpec) -> list[str]:
+    """The flags every sandbox container gets: identity, labels, lockdown, limits, mount."""
     argv = [
-        docker_binary(), "run", "-d", "--rm", "--pull", "never",
         "--name", spec.name, "--hostname", spec.name,
         "--label", f"{LABEL_MANAGED}=1",
         "--label", f"{LABEL_HOME}={spec.home_label}",
         "--label", f"{LABEL_NAME}={spec.name}",
-        "--label", f"{LABEL_KEEP}={1 if spec.ttl_seconds is None else 0}",
+        "--label", f"{LABEL_KEEP}={1 if spec.keep else 0}",
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
         "--network", "bridge" if spec.network else "none",
         "--cap-drop", "ALL",
@@ -97,8 +123,6 @@ def run_argv(spec: RunSpec) -> list[str]:
         argv += ["--publish", port]
     for key in spec.env_keys:
         argv += ["--env", key]
-    sleep_for = SLEEP_FOREVER if spec.ttl_seconds is None else str(spec.ttl_seconds)
-    argv += ["--entrypoint", "sleep", spec.image, sleep_for]
     return argv
 
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import docker
@@ -62,7 +62,7 @@ def _new_tag() -> ExecTag:
     return ExecTag(os.urandom(8).hex(), ticks)
 
 
-def _stdin_mode() -> tuple[bool, bool]:
+def stdin_mode() -> tuple[bool, bool]:
     """(forward stdin, allocate a tty): forward whatever is piped in; a tty only when both
     ends are terminals, so `sandbox exec box python` is an interactive REPL."""
     try:
@@ -80,17 +80,20 @@ def kill_in_container(name: str, tag: ExecTag) -> None:
         docker.run_docker(docker.kill_exec_argv(name, tag.marker, tag.since_ticks), check=False)
 
 
-def _finish(proc: subprocess.Popen[bytes], name: str, tag: ExecTag,
-            timeout: float | None) -> tuple[int, bool]:
-    """Wait for PROC; on timeout or Ctrl-C end the command in the container, then the client."""
+Stop = Callable[[], None]
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) -> tuple[int, bool]:
+    """Wait for PROC; on timeout or Ctrl-C call STOP (which ends the command inside the
+    container: killing the docker client alone would not), then reap the client."""
     try:
         return proc.wait(timeout=timeout), False
     except subprocess.TimeoutExpired:
-        kill_in_container(name, tag)
+        stop()
         _reap(proc)
         return EXIT_TIMEOUT, True
     except (KeyboardInterrupt, Signalled):
-        kill_in_container(name, tag)
+        stop()
         _reap(proc)
         raise
 
@@ -107,28 +110,13 @@ def _command_env(env: dict[str, str]) -> dict[str, str] | None:
     return {**os.environ, **env} if env else None
 
 
-def run_passthrough(name: str, command: Sequence[str], *, env: dict[str, str],
-                    workdir: str | None, timeout: float | None) -> tuple[int, bool]:
-    """Run COMMAND with our stdin/stdout/stderr handed straight to docker: byte for byte, as
-    it comes, nothing buffered here. Returns (exit code, timed out); the code is 124 on
-    timeout."""
-    if not command or not command[0]:
-        raise InvalidInput("no command given")
-    stdin, tty = _stdin_mode()
-    tag = _new_tag()
-    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
-                            workdir=workdir, stdin=stdin, tty=tty)
-    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
-                               env=_command_env(env))
-    return _finish(proc, name, tag, timeout)
-
-
-def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
-                   env: dict[str, str] | None = None, workdir: str | None = None,
-                   timeout: float | None = None) -> tuple[int, bool]:
-    """`sandbox exec` without --json: check NAME is live, then run_passthrough."""
-    check_runnable(store, name)
-    return run_passthrough(name, command, env=env or {}, workdir=workdir, timeout=timeout)
+def stream(argv: Sequence[str], *, stdin: bool, env: dict[str, str] | None,
+           timeout: float | None, stop: Stop) -> tuple[int, bool]:
+    """Run an attached docker client with our stdin/stdout/stderr handed straight to it: byte
+    for byte, as it comes, nothing buffered here. Returns (exit code, timed out); the code is
+    124 on timeout."""
+    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL, env=env)
+    return _finish(proc, timeout, stop)
 
 
 def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) -> None:
@@ -145,21 +133,13 @@ def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) ->
             truncated[0] = True
 
 
-def run_captured(name: str, command: Sequence[str], *, env: dict[str, str],
-                 workdir: str | None, timeout: float | None,
-                 max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
-    """Run COMMAND collecting at most MAX_CAPTURE bytes of each stream (for --json)."""
-    if not command or not command[0]:
-        raise InvalidInput("no command given")
-    stdin, _ = _stdin_mode()
-    stdin = stdin and not os.isatty(0)
-    tag = _new_tag()
-    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
-                            workdir=workdir, stdin=stdin)
+def capture(argv: Sequence[str], *, stdin: bool, env: dict[str, str] | None,
+            timeout: float | None, stop: Stop,
+            max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
+    """Run an attached docker client keeping at most MAX_CAPTURE bytes of each stream."""
     began = time.monotonic()
     proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=_command_env(env))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = bytearray(), bytearray()
     out_cut, err_cut = [False], [False]
     readers = [threading.Thread(target=_drain, args=(proc.stdout, max_capture, out, out_cut),
@@ -168,11 +148,46 @@ def run_captured(name: str, command: Sequence[str], *, env: dict[str, str],
                                 daemon=True)]
     for reader in readers:
         reader.start()
-    code, timed_out = _finish(proc, name, tag, timeout)
+    code, timed_out = _finish(proc, timeout, stop)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_SECONDS)
     return ExecResult(code, bytes(out), bytes(err), timed_out, out_cut[0], err_cut[0],
                       int((time.monotonic() - began) * 1000))
+
+
+def _prepare_exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
+                  workdir: str | None, captured: bool,
+                  ) -> tuple[list[str], bool, dict[str, str] | None, Stop]:
+    """Check NAME is live; return the docker exec argv, whether stdin is forwarded, docker's
+    environment (carrying -e values) and how to stop the command."""
+    if not command or not command[0]:
+        raise InvalidInput("no command given")
+    check_runnable(store, name)
+    forward, tty = stdin_mode()
+    if captured:  # no terminal: stdout and stderr must stay apart
+        forward, tty = forward and not os.isatty(0), False
+    tag = _new_tag()
+    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
+                            workdir=workdir, stdin=forward, tty=tty)
+    return argv, forward, _command_env(env), lambda: kill_in_container(name, tag)
+
+
+def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
+                   env: dict[str, str] | None = None, workdir: str | None = None,
+                   timeout: float | None = None) -> tuple[int, bool]:
+    """`sandbox exec`: run COMMAND in NAME, streamed; returns (exit code, timed out)."""
+    argv, forward, full_env, stop = _prepare_exec(store, name, command, env or {}, workdir,
+                                                  captured=False)
+    return stream(argv, stdin=forward, env=full_env, timeout=timeout, stop=stop)
+
+
+def exec_captured(store: StateStore, name: str, command: Sequence[str], *,
+                  env: dict[str, str] | None = None, workdir: str | None = None,
+                  timeout: float | None = None) -> ExecResult:
+    """`sandbox exec --json`: run COMMAND in NAME with bounded capture."""
+    argv, forward, full_env, stop = _prepare_exec(store, name, command, env or {}, workdir,
+                                                  captured=True)
+    return capture(argv, stdin=forward, env=full_env, timeout=timeout, stop=stop)
 
 
 def check_runnable(store: StateStore, name: str) -> None:
@@ -180,4 +195,3 @@ def check_runnable(store: StateStore, name: str) -> None:
     from .sandbox import require
 
     require(store, name)
-

@@ -89,13 +89,22 @@ def require(store: StateStore, name: str) -> SandboxRecord:
 
 # --- start ---------------------------------------------------------------------------------
 
-def start(store: StateStore, options: StartOptions, name: str | None = None,
-          progress: Progress | None = None) -> SandboxRecord:
-    """Create and start a locked-down container with the sandbox folder mounted at /app."""
+@dataclass
+class _Prepared:
+    """A sandbox about to be created: its folder exists, its container not yet."""
+
+    name: str
+    spec: docker.RunSpec
+    env: dict[str, str]  # docker's environment: -e values travel here, never on argv
+    created_at: str
+
+
+def _prepare(store: StateStore, options: StartOptions, name: str | None,
+             ttl_seconds: int | None) -> _Prepared:
+    """Validate, claim the name and make the folder (owned by the container's user)."""
     name = validate.name(name) if name else generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
-    ttl_seconds = None if options.keep else validate.duration(options.ttl)
     forget_expired(store)
     store.ensure_dirs()
     if store.get(name) is not None:
@@ -110,7 +119,6 @@ def start(store: StateStore, options: StartOptions, name: str | None = None,
         ) from None
     if os.getuid() == 0:
         os.chown(folder, uid, gid)
-    created = now_iso()
     expires = None if ttl_seconds is None else iso_after(ttl_seconds)
     spec = docker.RunSpec(
         name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
@@ -118,18 +126,29 @@ def start(store: StateStore, options: StartOptions, name: str | None = None,
         network=options.network, ports=list(options.ports), env_keys=sorted(options.env),
         memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
         read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
-        cap_add=list(options.cap_add),
+        cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
     )
-    # Values travel in docker's own environment, never on its command line (where `ps` shows them).
-    env = {**os.environ, **options.env}
+    return _Prepared(name, spec, {**os.environ, **options.env}, now_iso())
+
+
+def _create(store: StateStore, options: StartOptions, prepared: _Prepared, argv: list[str],
+            progress: Progress | None) -> SandboxRecord:
+    """Run ARGV (docker run -d / docker create), pulling the image once if it is missing,
+    and record the sandbox; on any failure nothing is left behind."""
+    name, spec = prepared.name, prepared.spec
     try:
-        container_id = _run_container(spec, env, progress)
+        try:
+            container_id = docker.run_docker(argv, env=prepared.env).stdout.strip()
+        except ImageError:  # not present locally: pull it once, then try again
+            pull_image(spec.image, progress)
+            container_id = docker.run_docker(argv, env=prepared.env).stdout.strip()
     except BaseException:
         _remove_folders(store, [name])
         raise
     record = SandboxRecord(
-        name=name, container_id=container_id, image=options.image, created_at=created,
-        expires_at=expires, keep=options.keep, network=options.network,
+        name=name, container_id=container_id, image=options.image,
+        created_at=prepared.created_at, expires_at=spec.expires_at or None,
+        keep=spec.keep, network=options.network,
         ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "runtime": options.runtime,
@@ -145,14 +164,35 @@ def start(store: StateStore, options: StartOptions, name: str | None = None,
     return record
 
 
-def _run_container(spec: docker.RunSpec, env: dict[str, str], progress: Progress | None) -> str:
-    argv = docker.run_argv(spec)
-    try:
-        return docker.run_docker(argv, env=env).stdout.strip()
-    except ImageError:
-        pass  # not present locally: pull it once, then try again
-    pull_image(spec.image, progress)
-    return docker.run_docker(argv, env=env).stdout.strip()
+def start(store: StateStore, options: StartOptions, name: str | None = None,
+          progress: Progress | None = None) -> SandboxRecord:
+    """Create and start a locked-down container with the sandbox folder mounted at /app."""
+    ttl_seconds = None if options.keep else validate.duration(options.ttl)
+    prepared = _prepare(store, options, name, ttl_seconds)
+    return _create(store, options, prepared, docker.run_argv(prepared.spec), progress)
+
+
+def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
+                    name: str | None = None, workdir: str | None = None, stdin: bool = False,
+                    tty: bool = False, progress: Progress | None = None) -> SandboxRecord:
+    """`run`'s sandbox: a created, not yet started, container whose main process is COMMAND
+    (start it with docker.start_attached_argv; remove it with discard). One container run
+    instead of run + exec + rm: the command ends when the container does."""
+    if not command or not command[0]:
+        raise InvalidInput("no command given")
+    prepared = _prepare(store, options, name, ttl_seconds=None)
+    argv = docker.create_argv(prepared.spec, command, workdir=workdir, stdin=stdin, tty=tty)
+    return _create(store, options, prepared, argv, progress)
+
+
+def discard(store: StateStore, name: str, *, container_gone: bool = False) -> None:
+    """Remove one sandbox we know (run's cleanup): container unless already gone, folder,
+    entry. No listing of containers, unlike purge."""
+    if not container_gone:
+        remove_container(name)
+    _remove_folders(store, [name])
+    with store.transaction() as records:
+        records.pop(name, None)
 
 
 def pull_image(image: str, progress: Progress | None = None) -> None:
@@ -365,6 +405,11 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             + (f" (removed {', '.join(targets)})" if targets else "")
         )
     return targets
+
+
+def remove_container(name: str) -> None:
+    """Stop and remove one container now (`docker rm -f`); gone already is fine."""
+    _remove_containers([name])
 
 
 def _remove_containers(names: list[str]) -> None:

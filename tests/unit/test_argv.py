@@ -42,7 +42,7 @@ def test_run_argv_loosenings_are_explicit() -> None:
     argv = docker.run_argv(_spec(
         network=True, ports=["127.0.0.1:8088:80/tcp"], env_keys=["TOKEN"], ttl_seconds=None,
         read_only=True, runtime="runsc", cap_add=["NET_BIND_SERVICE"], memory="2g", cpus=1.5,
-        pids_limit=64,
+        pids_limit=64, keep=True,
     ))
     joined = " ".join(argv)
     assert "--network bridge" in joined
@@ -56,6 +56,19 @@ def test_run_argv_loosenings_are_explicit() -> None:
     # env values never reach argv (where `ps` would show them): only the key does
     assert argv[argv.index("TOKEN") - 1] == "--env"
     assert argv[-2:] == ["python:alpine", docker.SLEEP_FOREVER]
+
+
+def test_one_shot_create_and_start() -> None:
+    argv = docker.create_argv(_spec(ttl_seconds=None), ["python", "-c", "print(1)"],
+                              workdir="/app/src", stdin=True)
+    assert argv[:5] == ["docker", "create", "--rm", "--pull", "never"]
+    assert argv[-10:] == ["--workdir", "/app", "--workdir", "/app/src", "--interactive",
+                          "--entrypoint", "python", "python:alpine", "-c", "print(1)"]
+    assert argv[5:-8] == docker.run_argv(_spec(ttl_seconds=None))[6:-4]
+    assert "--tty" in docker.create_argv(_spec(), ["sh"], tty=True)
+    assert docker.start_attached_argv("box", stdin=True) == [
+        "docker", "start", "--attach", "--interactive", "box"]
+    assert docker.start_attached_argv("box") == ["docker", "start", "--attach", "box"]
 
 
 def test_mount_quotes_paths_with_commas() -> None:
