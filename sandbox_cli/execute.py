@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import threading
 import time
@@ -66,11 +67,13 @@ def stdin_mode() -> tuple[bool, bool]:
     """(forward stdin, allocate a tty): forward whatever is piped in; a tty only when both
     ends are terminals, so `sandbox exec box python` is an interactive REPL."""
     try:
-        os.fstat(0)
+        st = os.fstat(0)
     except OSError:
         return False, False
     if os.isatty(0):
         return True, os.isatty(1)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev:
+        return False, False  # /dev/null: nothing to forward, and -i costs docker a stream
     return True, False
 
 
