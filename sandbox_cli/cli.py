@@ -166,19 +166,11 @@ def _resolve_start(
     runtime: str | None,
     cap_add: list[str] | None,
 ) -> config.StartOptions:
-    flags: dict[str, Any] = {
-        "image": validate.image(image) if image is not None else None,
-        "network": network,
-        "ports": [validate.port(p) for p in port] if port else None,
-        "env": _env_pairs(env) if env else None,
-        "keep": keep,
-        "ttl": (validate.duration(ttl), ttl)[1] if ttl is not None else None,
-        "memory": validate.memory(memory) if memory is not None else None,
-        "cpus": validate.cpus(cpus) if cpus is not None else None,
-        "pids": validate.pids(pids) if pids is not None else None,
-        "read_only": read_only,
-        "runtime": validate.runtime(runtime) if runtime is not None else None,
-        "cap_add": list(cap_add) if cap_add else None,
+    flags: dict[str, Any] = {  # None: not given; config.resolve checks every given value
+        "image": image, "network": network, "ports": port or None,
+        "env": _env_pairs(env) if env else None, "keep": keep, "ttl": ttl, "memory": memory,
+        "cpus": cpus, "pids": pids, "read_only": read_only, "runtime": runtime,
+        "cap_add": cap_add or None,
     }
     resolved = config.resolve(flags)
     for key in resolved.loosened_by_project:

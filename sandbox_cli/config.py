@@ -109,7 +109,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "read_only": _as_bool,
     "tmpfs_size": lambda v: validate.memory(_as_str(v)),
     "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
-    "cap_add": _as_str_list,
+    "cap_add": lambda v: [validate.capability(c) for c in _as_str_list(v)],
 }
 assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
 
@@ -220,7 +220,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
         files.append(project_file)
         loosened = [k for k in LOOSENING_KEYS if project.get(k)]
     layers.append(from_environment(environ))
-    layers.append({k: v for k, v in flags.items() if v is not None})
+    layers.append({k: _CONVERTERS[k](v) for k, v in flags.items() if v is not None})
     for layer in layers:
         for key, value in layer.items():
             if key == "env":

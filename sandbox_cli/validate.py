@@ -159,6 +159,13 @@ def runtime(value: str) -> str:
     return value
 
 
+def capability(value: str) -> str:
+    """A Linux capability name such as NET_BIND_SERVICE (CAP_ prefix optional), upper-cased."""
+    if not re.fullmatch(r"(?:CAP_)?[A-Za-z_]{2,32}", value):
+        raise InvalidInput(f"invalid capability {value!r}: expected e.g. NET_BIND_SERVICE")
+    return value.upper()
+
+
 def sandbox_path(value: str, *, allow_root: bool = False) -> tuple[str, ...]:
     """A path inside the sandbox folder, relative to /app (or absolute under /app).
 
