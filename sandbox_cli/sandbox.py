@@ -252,6 +252,8 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
     from .selection import select_files  # imports pathspec: only this command needs it
 
     dest_parts = validate.sandbox_path(dest, allow_root=True)
+    for pattern in (*patterns, *excludes):
+        validate.glob(pattern)
     record = require(store, name)
     root = os.path.abspath(source_root or os.getcwd())
     selection = select_files(root, patterns, excludes, use_gitignore)
