@@ -7,7 +7,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_HOST, EXIT_INTERRUPTED, EXIT_USAGE, SandboxError, Signalled
+from .errors import (
+    EXIT_HOST,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    OutputClosed,
+    SandboxError,
+    Signalled,
+)
 
 # Commands whose trailing arguments are a command line for the container; the number is how
 # many positionals of ours come before it (NAME for exec, none for run).
@@ -99,8 +106,19 @@ def _plain_exec(name: str, command: list[str]) -> int:
         from . import docker, ui
 
         docker.set_trace(ui.trace_docker)
-    code, _ = execute.exec_streaming(StateStore(), name, command)
-    return code
+    return execute.exec_streaming(StateStore(), name, command).code
+
+
+def _reopen_closed_streams() -> None:
+    """Started with stdin, stdout or stderr closed (`sandbox ls >&-`), Python has None there;
+    put /dev/null in its place so nothing crashes and no file we open lands on fd 0-2."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115
 
 
 def _run_typer(args: list[str]) -> int:
@@ -137,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _reopen_closed_streams()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         plain = plain_exec(args)
@@ -150,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         ui.error("interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         # The reader went away (`sandbox ls | head`): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

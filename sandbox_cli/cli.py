@@ -231,16 +231,22 @@ def exec_(
         )
         ui.emit_json(result.to_json())
         raise typer.Exit(result.exit_code)
-    code, timed_out = execute.exec_streaming(
+    outcome = execute.exec_streaming(
         _store(), name, command, env=pairs, workdir=directory, timeout=seconds
     )
-    if timed_out:
-        _say_timed_out(timeout)
-    raise typer.Exit(code)
+    _report_stop(outcome, timeout, name)
+    raise typer.Exit(outcome.code)
 
 
-def _say_timed_out(timeout: str | None) -> None:
-    ui.error(f"timed out after {timeout}; the command was stopped in the container")
+def _report_stop(outcome: execute.Outcome | execute.ExecResult, timeout: str | None,
+                 name: str) -> None:
+    """Say what a timeout did, and never claim a stop that did not happen."""
+    if outcome.stop_failed:
+        ui.error(("timed out after " + str(timeout) + "; " if outcome.timed_out else "")
+                 + "could not stop the command inside the container (no sh in the image, or "
+                 f"its process limit is reached): `sandbox purge {name}` ends it")
+    elif outcome.timed_out:
+        ui.error(f"timed out after {timeout}; the command was stopped in the container")
 
 
 @app.command()
@@ -252,7 +258,7 @@ def write(
     ] = None,
 ) -> None:
     """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
-    source = text.encode() if text is not None else sys.stdin.buffer
+    source = os.fsencode(text) if text is not None else sys.stdin.buffer
     sandbox.write_file(_store(), name, path, source)
 
 
@@ -262,8 +268,9 @@ def read(
     path: PathArg,
 ) -> None:
     """Write a file's bytes from the sandbox folder to stdout."""
-    sys.stdout.flush()
-    sandbox.read_file(_store(), name, path, sys.stdout.fileno())
+    with ui.writing_stdout():
+        sys.stdout.flush()
+        sandbox.read_file(_store(), name, path, sys.stdout.fileno())
 
 
 @app.command("copy-to")
@@ -435,19 +442,21 @@ def run(
             _report_copy(sandbox.copy_to(store, record.name, patterns), False)
         argv = docker.start_attached_argv(record.name, stdin=forward)
 
-        def stop() -> None:  # the command is the container's main process: end the container
+        def stop() -> bool:  # the command is the container's main process: end the container
             sandbox.remove_container(record.name)
+            return True
 
+        outcome: execute.Outcome | execute.ExecResult
         if json_out:
-            result = execute.capture(argv, stdin=forward, env=None, timeout=seconds, stop=stop)
-            ui.emit_json(result.to_json())
-            code, timed_out = result.exit_code, result.timed_out
+            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop)
+            ui.emit_json(outcome.to_json())
+            code = outcome.exit_code
         else:
-            code, timed_out = execute.stream(argv, stdin=forward, env=None, timeout=seconds,
-                                             stop=stop)
-        finished = not timed_out
-        if timed_out:
-            _say_timed_out(timeout)
+            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop)
+            code = outcome.code
+        # The attached client returned by itself: the container has ended (and --rm removes it).
+        finished = not outcome.timed_out
+        _report_stop(outcome, timeout, record.name)
     finally:
         sandbox.discard(store, record.name, container_gone=finished)
     raise typer.Exit(code)

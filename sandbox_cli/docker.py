@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import (
@@ -34,8 +35,41 @@ SLEEP_FOREVER = "2147483647"  # seconds; `sleep infinity` is not understood by e
 
 
 def docker_binary() -> str:
-    """The docker client to run: $SANDBOX_DOCKER, else `docker` on PATH."""
-    return os.environ.get("SANDBOX_DOCKER") or "docker"
+    """The docker client to run, as an absolute path when it can be found: $SANDBOX_DOCKER,
+    else `docker`, looked up in our own PATH (never in an environment built for a child)."""
+    chosen = os.environ.get("SANDBOX_DOCKER") or "docker"
+    if os.sep in chosen:
+        return chosen
+    found = _which(chosen)
+    return found or chosen
+
+
+def _which(name: str) -> str | None:
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    return None
+
+
+@contextmanager
+def env_file(env: Mapping[str, str]) -> Iterator[str | None]:
+    """A private (0600) file of KEY=VALUE lines for `--env-file`, removed afterwards; None when
+    ENV is empty. Values so reach the container without appearing on docker's command line
+    (where `ps` shows them) or in the docker client's own environment (where PATH, HOME or
+    DOCKER_HOST would steer the client itself)."""
+    if not env:
+        yield None
+        return
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="sandbox-env-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{key}={value}\n" for key, value in env.items())
+        yield path
+    finally:
+        os.unlink(path)
 
 
 @dataclass
@@ -52,7 +86,7 @@ class RunSpec:
     keep: bool = False  # survives a bare purge
     network: bool = False
     ports: list[str] = field(default_factory=list)  # normalised IP:HOST:CONTAINER/PROTO
-    env_keys: list[str] = field(default_factory=list)  # values travel in docker's environment
+    env_file: str | None = None  # see env_file(): values never travel on the argv
     memory: str = "1g"
     cpus: float = 1.0
     pids_limit: int = 256
@@ -121,8 +155,8 @@ def _container_options(spec: RunSpec) -> list[str]:
         argv += ["--runtime", spec.runtime]
     for port in spec.ports:
         argv += ["--publish", port]
-    for key in spec.env_keys:
-        argv += ["--env", key]
+    if spec.env_file:
+        argv += ["--env-file", spec.env_file]
     return argv
 
 
@@ -137,7 +171,7 @@ def _bind_mount(source: str, target: str) -> str:
     return f"type=bind,{field},target={target}"
 
 
-def exec_argv(name: str, command: Sequence[str], *, marker: str, env_keys: Iterable[str] = (),
+def exec_argv(name: str, command: Sequence[str], *, marker: str, env_file: str | None = None,
               workdir: str | None = None, stdin: bool = False, tty: bool = False) -> list[str]:
     """`docker exec` of COMMAND (an argv, never a shell string), tagged with an exec marker."""
     argv = [docker_binary(), "exec"]
@@ -146,21 +180,22 @@ def exec_argv(name: str, command: Sequence[str], *, marker: str, env_keys: Itera
     if tty:
         argv.append("-t")
     argv += ["--env", f"{EXEC_MARKER}={marker}"]
-    for key in env_keys:
-        argv += ["--env", key]
+    if env_file:
+        argv += ["--env-file", env_file]
     if workdir:
         argv += ["--workdir", workdir]
     return [*argv, name, *command]
 
 
-# Ends every process an exec started: those carrying its marker, their sessions (runc makes each
-# exec a session leader) and their descendants, plus any process that began after the exec did
-# ($2, in clock ticks since boot) unless it sits in another live exec's session (whose leader,
-# started by runc, has parent 0). So a child that scrubs its environment, calls setsid and is
-# orphaned is still found: it cannot change its start time. Frozen with SIGSTOP first so none
-# can fork away while we look; repeated until a pass finds nothing. POSIX sh, tr and grep only.
+# Ends every process an exec started: those carrying its marker ($1), their sessions (runc makes
+# each exec a session leader) and their descendants, plus any process that began after the exec
+# did ($2, clock ticks since boot) unless it sits in the session of another live exec (one whose
+# leader has parent 0, i.e. was started by runc, and carries one of the live markers $3...). So
+# a child that scrubs its environment, calls setsid and is orphaned is still found: it cannot
+# change its start time. Frozen with SIGSTOP first so none can fork away while we look;
+# repeated until a pass finds nothing. POSIX sh, tr and grep only.
 KILL_SCRIPT = r"""
-id="$1"; since="$2"; me=$$; frozen=" "; sids=" "
+id="$1"; since="$2"; shift 2; live=" $* "; me=$$; frozen=" "; sids=" "
 pass=0
 while [ $pass -lt 20 ]; do
   pass=$((pass + 1)); found=""
@@ -185,7 +220,12 @@ while [ $pass -lt 20 ]; do
       if leader=$(cat "/proc/$sid/stat" 2>/dev/null); then
         leader=${leader##*) }
         set -- $leader
-        [ "$2" = 0 ] && hit=""
+        if [ "$2" = 0 ]; then
+          theirs=$(tr '\0' '\n' < "/proc/$sid/environ" 2>/dev/null \
+              | grep '^SANDBOX_EXEC_ID=')
+          theirs=${theirs#SANDBOX_EXEC_ID=}
+          case "$live" in *" $theirs "*) [ -n "$theirs" ] && hit="";; esac
+        fi
       fi
     fi
     if [ -n "$hit" ]; then
@@ -203,11 +243,14 @@ exit 0
 """
 
 
-def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None) -> list[str]:
-    """`docker exec` of the script that ends every process the exec tagged MARKER started
-    (and every unclaimed process that began at or after SINCE_TICKS, clock ticks since boot)."""
+def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None,
+                   live: Sequence[str] = ()) -> list[str]:
+    """`docker exec` of the script that ends every process the exec tagged MARKER started,
+    and every process that began at or after SINCE_TICKS (clock ticks since boot) outside the
+    sessions of the other LIVE exec markers."""
     since = "" if since_ticks is None else str(since_ticks)
-    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since]
+    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since,
+            *live]
 
 
 def remove_argv(names: Sequence[str]) -> list[str]:

@@ -78,6 +78,11 @@ class DockerError(SandboxError):
         self.stderr = stderr
 
 
+class OutputClosed(BaseException):
+    """Whoever reads our stdout went away (`sandbox ls | head`): stop quietly. A
+    BaseException, so typer's own EPIPE handling (exit 1) never sees it."""
+
+
 class Signalled(BaseException):
     """SIGINT or SIGTERM arrived: raised from our signal handler so that `finally` blocks
     (run's purge, exec's in-container kill) still clean up. A BaseException, so no

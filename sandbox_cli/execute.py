@@ -10,8 +10,9 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import docker
 from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, Signalled
@@ -32,6 +33,7 @@ class ExecResult:
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: int
+    stop_failed: bool = False
 
     def to_json(self) -> dict[str, object]:
         """The documented --json shape (camelCase, as the seed's API)."""
@@ -77,28 +79,55 @@ def stdin_mode() -> tuple[bool, bool]:
     return True, False
 
 
-def kill_in_container(name: str, tag: ExecTag) -> None:
-    """End every process the exec tagged TAG started (best effort, never raises)."""
-    with contextlib.suppress(SandboxError):
-        docker.run_docker(docker.kill_exec_argv(name, tag.marker, tag.since_ticks), check=False)
+def kill_in_container(name: str, tag: ExecTag, live: Sequence[str] = ()) -> bool:
+    """End every process the exec tagged TAG started, sparing the sessions of the LIVE
+    markers of other execs. True when the kill script ran to its end."""
+    argv = docker.kill_exec_argv(name, tag.marker, tag.since_ticks, live)
+    try:
+        return docker.run_docker(argv, check=False).returncode == 0
+    except SandboxError:
+        return False
 
 
-Stop = Callable[[], None]
+Stop = Callable[[], bool]  # ends the command inside the container; True when that worked
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) -> tuple[int, bool]:
+class Outcome(NamedTuple):
+    """How an attached command ended."""
+
+    code: int
+    timed_out: bool = False
+    stop_failed: bool = False  # we tried to end it inside the container and could not
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) -> Outcome:
     """Wait for PROC; on timeout or Ctrl-C call STOP (which ends the command inside the
     container: killing the docker client alone would not), then reap the client."""
     try:
-        return proc.wait(timeout=timeout), False
+        code = proc.wait(timeout=timeout)
+        if code < 0:  # the client was killed (e.g. SIGPIPE under `| head`): not the command
+            return Outcome(128 - code, stop_failed=not stop())
+        if _reader_gone():  # the client gave up writing to a closed pipe: the command may live
+            return Outcome(code, stop_failed=not stop())
+        return Outcome(code)
     except subprocess.TimeoutExpired:
-        stop()
+        stopped = stop()
         _reap(proc)
-        return EXIT_TIMEOUT, True
+        return Outcome(EXIT_TIMEOUT, timed_out=True, stop_failed=not stopped)
     except (KeyboardInterrupt, Signalled):
         stop()
         _reap(proc)
         raise
+
+
+def _reader_gone() -> bool:
+    """True when our stdout or stderr is a pipe whose reader has gone (poll says POLLERR)."""
+    import select
+
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    return any(events & (select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -109,16 +138,11 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _command_env(env: dict[str, str]) -> dict[str, str] | None:
-    return {**os.environ, **env} if env else None
-
-
-def stream(argv: Sequence[str], *, stdin: bool, env: dict[str, str] | None,
-           timeout: float | None, stop: Stop) -> tuple[int, bool]:
+def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop) -> Outcome:
     """Run an attached docker client with our stdin/stdout/stderr handed straight to it: byte
     for byte, as it comes, nothing buffered here. Returns (exit code, timed out); the code is
     124 on timeout."""
-    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL, env=env)
+    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL)
     return _finish(proc, timeout, stop)
 
 
@@ -136,13 +160,12 @@ def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) ->
             truncated[0] = True
 
 
-def capture(argv: Sequence[str], *, stdin: bool, env: dict[str, str] | None,
-            timeout: float | None, stop: Stop,
+def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
             max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
     """Run an attached docker client keeping at most MAX_CAPTURE bytes of each stream."""
     began = time.monotonic()
     proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = bytearray(), bytearray()
     out_cut, err_cut = [False], [False]
     readers = [threading.Thread(target=_drain, args=(proc.stdout, max_capture, out, out_cut),
@@ -151,18 +174,18 @@ def capture(argv: Sequence[str], *, stdin: bool, env: dict[str, str] | None,
                                 daemon=True)]
     for reader in readers:
         reader.start()
-    code, timed_out = _finish(proc, timeout, stop)
+    outcome = _finish(proc, timeout, stop)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_SECONDS)
-    return ExecResult(code, bytes(out), bytes(err), timed_out, out_cut[0], err_cut[0],
-                      int((time.monotonic() - began) * 1000))
+    return ExecResult(outcome.code, bytes(out), bytes(err), outcome.timed_out, out_cut[0],
+                      err_cut[0], int((time.monotonic() - began) * 1000), outcome.stop_failed)
 
 
-def _prepare_exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
-                  workdir: str | None, captured: bool,
-                  ) -> tuple[list[str], bool, dict[str, str] | None, Stop]:
-    """Check NAME is live; return the docker exec argv, whether stdin is forwarded, docker's
-    environment (carrying -e values) and how to stop the command."""
+def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
+          workdir: str | None, timeout: float | None, captured: bool,
+          ) -> Outcome | ExecResult:
+    """Check NAME is live, then `docker exec` COMMAND, streamed or captured; -e values go
+    through a private env file that lives as long as the exec."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
     check_runnable(store, name)
@@ -170,27 +193,53 @@ def _prepare_exec(store: StateStore, name: str, command: Sequence[str], env: dic
     if captured:  # no terminal: stdout and stderr must stay apart
         forward, tty = forward and not os.isatty(0), False
     tag = _new_tag()
-    argv = docker.exec_argv(name, command, marker=tag.marker, env_keys=sorted(env),
-                            workdir=workdir, stdin=forward, tty=tty)
-    return argv, forward, _command_env(env), lambda: kill_in_container(name, tag)
+    with docker.env_file(env) as env_path, _registered(store, name, tag) as others:
+        argv = docker.exec_argv(name, command, marker=tag.marker, env_file=env_path,
+                                workdir=workdir, stdin=forward, tty=tty)
+        run = capture if captured else stream
+        return run(argv, stdin=forward, timeout=timeout,
+                   stop=lambda: kill_in_container(name, tag, others()))
+
+
+@contextlib.contextmanager
+def _registered(store: StateStore, name: str, tag: ExecTag) -> Iterator[Callable[[], list[str]]]:
+    """Note TAG's marker as live for NAME while the exec runs (a file under the home), and
+    yield a function listing the other live markers, whose sessions a timeout must spare."""
+    folder = os.path.join(store.home, "execs", name)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, tag.marker)
+    with open(path, "w"):
+        pass
+
+    def others() -> list[str]:
+        try:
+            return [m for m in os.listdir(folder) if m != tag.marker and m.isalnum()]
+        except OSError:
+            return []
+
+    try:
+        yield others
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
                    env: dict[str, str] | None = None, workdir: str | None = None,
-                   timeout: float | None = None) -> tuple[int, bool]:
-    """`sandbox exec`: run COMMAND in NAME, streamed; returns (exit code, timed out)."""
-    argv, forward, full_env, stop = _prepare_exec(store, name, command, env or {}, workdir,
-                                                  captured=False)
-    return stream(argv, stdin=forward, env=full_env, timeout=timeout, stop=stop)
+                   timeout: float | None = None) -> Outcome:
+    """`sandbox exec`: run COMMAND in NAME, streamed."""
+    outcome = _exec(store, name, command, env or {}, workdir, timeout, captured=False)
+    assert isinstance(outcome, Outcome)
+    return outcome
 
 
 def exec_captured(store: StateStore, name: str, command: Sequence[str], *,
                   env: dict[str, str] | None = None, workdir: str | None = None,
                   timeout: float | None = None) -> ExecResult:
     """`sandbox exec --json`: run COMMAND in NAME with bounded capture."""
-    argv, forward, full_env, stop = _prepare_exec(store, name, command, env or {}, workdir,
-                                                  captured=True)
-    return capture(argv, stdin=forward, env=full_env, timeout=timeout, stop=stop)
+    outcome = _exec(store, name, command, env or {}, workdir, timeout, captured=True)
+    assert isinstance(outcome, ExecResult)
+    return outcome
 
 
 def check_runnable(store: StateStore, name: str) -> None:

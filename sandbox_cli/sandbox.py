@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from . import docker, validate, volume
@@ -51,16 +52,25 @@ def generate_name() -> str:
 
 
 def forget_expired(store: StateStore) -> list[str]:
-    """Drop state entries whose TTL has passed and delete their folders (Docker removed the
-    containers itself). Returns the names forgotten."""
+    """Drop state entries whose TTL has passed, and their containers and folders. Docker has
+    normally removed the container already; one that stopped its own sleep has not, so it is
+    removed here, before its folder (nothing may write while we delete). Returns the names."""
     if not any(rec.expired() for rec in store.load().values()):
         return []
     with store.transaction() as records:
-        gone = [name for name, rec in records.items() if rec.expired()]
+        gone = {name: rec for name, rec in records.items() if rec.expired()}
         for name in gone:
             del records[name]
+    _remove_containers([_container_ref(rec) for rec in gone.values()])
     _remove_folders(store, gone)
-    return gone
+    return list(gone)
+
+
+def _container_ref(record: SandboxRecord) -> str:
+    """The record's container id when it looks like one (the file is untrusted), else its
+    name: the id cannot point at a newer container that reused the name."""
+    cid = record.container_id
+    return cid if re.fullmatch(r"[0-9a-f]{12,64}", cid) else record.name
 
 
 def _remove_folders(store: StateStore, names: Iterable[str]) -> None:
@@ -93,14 +103,15 @@ class _Prepared:
 
     name: str
     spec: docker.RunSpec
-    env: dict[str, str]  # docker's environment: -e values travel here, never on argv
-    created_at: str
+    env: dict[str, str]  # -e values: they reach docker through a private env file
 
 
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
              ttl_seconds: int | None) -> _Prepared:
     """Validate, claim the name and make the folder (owned by the container's user)."""
-    name = validate.name(name) if name else generate_name()
+    if name is not None:
+        validate.name(name)
+    name = name or generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
     forget_expired(store)
@@ -113,39 +124,38 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         os.mkdir(folder, 0o755 if os.getuid() == 0 else 0o700)
     except FileExistsError:
         raise NameInUse(
-            f"a folder for {name!r} already exists: run `sandbox purge {name}`"
+            f"the name {name!r} is taken (a sandbox by that name exists or is starting)"
         ) from None
     if os.getuid() == 0:
         os.chown(folder, uid, gid)
-    expires = None if ttl_seconds is None else iso_after(ttl_seconds)
     spec = docker.RunSpec(
         name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
-        home_label=store.label, ttl_seconds=ttl_seconds, expires_at=expires or "",
-        network=options.network, ports=list(options.ports), env_keys=sorted(options.env),
+        home_label=store.label, ttl_seconds=ttl_seconds,
+        network=options.network, ports=list(options.ports),
         memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
         read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
     )
-    return _Prepared(name, spec, {**os.environ, **options.env}, now_iso())
+    return _Prepared(name, spec, dict(options.env))
 
 
-def _create(store: StateStore, options: StartOptions, prepared: _Prepared, argv: list[str],
+def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
+            build: Callable[[docker.RunSpec], list[str]],
             progress: Progress | None) -> SandboxRecord:
-    """Run ARGV (docker run -d / docker create), pulling the image once if it is missing,
-    and record the sandbox; on any failure nothing is left behind."""
-    name, spec = prepared.name, prepared.spec
+    """Run BUILD(spec) (docker run -d / docker create), pulling the image once if it is
+    missing, and record the sandbox; on any failure or signal nothing is left behind."""
+    name = prepared.name
     try:
-        try:
-            container_id = docker.run_docker(argv, env=prepared.env).stdout.strip()
-        except ImageError:  # not present locally: pull it once, then try again
-            pull_image(spec.image, progress)
-            container_id = docker.run_docker(argv, env=prepared.env).stdout.strip()
+        with docker.env_file(prepared.env) as env_path:
+            container_id, spec = _create_container(prepared, env_path, build, progress)
     except BaseException:
+        # Killed mid-call, the docker client may still have had its container made.
+        docker.run_docker(docker.remove_argv([name]), check=False)
         _remove_folders(store, [name])
         raise
     record = SandboxRecord(
         name=name, container_id=container_id, image=options.image,
-        created_at=prepared.created_at, expires_at=spec.expires_at or None,
+        created_at=now_iso(), expires_at=spec.expires_at or None,
         keep=spec.keep, network=options.network,
         ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
@@ -162,12 +172,31 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared, argv:
     return record
 
 
+def _create_container(prepared: _Prepared, env_path: str | None,
+                      build: Callable[[docker.RunSpec], list[str]],
+                      progress: Progress | None) -> tuple[str, docker.RunSpec]:
+    """(container id, the spec used). The expiry is stamped just before each attempt, so a
+    slow pull never leaves a record that expires before its container does."""
+    pulled = False
+    while True:
+        ttl = prepared.spec.ttl_seconds
+        spec = replace(prepared.spec, env_file=env_path,
+                       expires_at="" if ttl is None else iso_after(ttl))
+        try:
+            return docker.run_docker(build(spec)).stdout.strip(), spec
+        except ImageError:
+            if pulled:
+                raise
+        pull_image(spec.image, progress)  # not present locally: pull it once, then retry
+        pulled = True
+
+
 def start(store: StateStore, options: StartOptions, name: str | None = None,
           progress: Progress | None = None) -> SandboxRecord:
     """Create and start a locked-down container with the sandbox folder mounted at /app."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
     prepared = _prepare(store, options, name, ttl_seconds)
-    return _create(store, options, prepared, docker.run_argv(prepared.spec), progress)
+    return _create(store, options, prepared, docker.run_argv, progress)
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
@@ -179,8 +208,11 @@ def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[
     if not command or not command[0]:
         raise InvalidInput("no command given")
     prepared = _prepare(store, options, name, ttl_seconds=None)
-    argv = docker.create_argv(prepared.spec, command, workdir=workdir, stdin=stdin, tty=tty)
-    return _create(store, options, prepared, argv, progress)
+
+    def build(spec: docker.RunSpec) -> list[str]:
+        return docker.create_argv(spec, command, workdir=workdir, stdin=stdin, tty=tty)
+
+    return _create(store, options, prepared, build, progress)
 
 
 def discard(store: StateStore, name: str, *, container_gone: bool = False) -> None:
@@ -427,7 +459,6 @@ def _remove_containers(names: list[str]) -> None:
 def repo_build_target(repo: str, branch: str | None, subdir: str | None,
                       tag: str | None) -> tuple[str, str]:
     """(tag, context URL) for building REPO: owner/name on GitHub, or any git URL."""
-    import re
 
     if not repo or repo.startswith("-") or any(c.isspace() for c in repo) or "#" in repo:
         raise InvalidInput(f"invalid repository {repo!r}: expected owner/name or a git URL")
@@ -472,10 +503,13 @@ def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
     """
     chosen, url = repo_build_target(repo, branch, subdir, tag)
     argv = docker.build_argv(chosen, url)
+    from .ui import mask_url  # messages may be logged: never show a token
+
+    shown = mask_url(url)
     if live:
         code = docker.stream_to_stderr(argv)
         if code != 0:
-            raise ImageError(f"build of {url} failed (docker build exit code {code})")
+            raise ImageError(f"build of {shown} failed (docker build exit code {code})")
         return chosen
     env = {**os.environ, "BUILDKIT_PROGRESS": "plain"}
     proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
@@ -491,6 +525,6 @@ def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
         text = b"".join(tail).decode(errors="replace")
         failure = docker.classify_failure(argv, proc.returncode, text)
         if isinstance(failure, DockerError) and type(failure) is DockerError:
-            raise ImageError(f"build of {url} failed: {_build_failure_line(text)}")
+            raise ImageError(f"build of {shown} failed: {mask_url(_build_failure_line(text))}")
         raise failure
     return chosen

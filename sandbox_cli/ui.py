@@ -43,10 +43,22 @@ def info(message: str) -> None:
     sys.stderr.flush()
 
 
+@contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Turn a reader that went away into OutputClosed (a quiet exit), not an error."""
+    from .errors import OutputClosed
+
+    try:
+        yield
+    except BrokenPipeError:
+        raise OutputClosed() from None
+
+
 def data(text: str) -> None:
     """A line of data on stdout."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    with writing_stdout():
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def emit_json(value: Any) -> None:
@@ -54,10 +66,11 @@ def emit_json(value: Any) -> None:
     json.dumps(VALUE, indent=2) but written piece by piece: a captured output of 16 MiB, where
     each NUL byte escapes to six characters, is never built as one string (that took ~15x the
     capture in memory)."""
-    for chunk in _json_chunks(value, 0):
-        sys.stdout.write(chunk)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    with writing_stdout():
+        for chunk in _json_chunks(value, 0):
+            sys.stdout.write(chunk)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 _JSON_SLICE = 1 << 16
@@ -87,7 +100,6 @@ def _json_chunks(value: Any, level: int) -> Iterator[str]:
 
 def mask_argv(argv: Sequence[str]) -> list[str]:
     """ARGV with secret-looking values hidden: --env K=V values and URL credentials."""
-    import re
 
     masked = []
     previous = ""
@@ -96,10 +108,17 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
             key = arg.split("=", 1)[0]
             if key not in _SECRET_SAFE_KEYS:
                 arg = f"{key}=***"
-        arg = re.sub(r"(://[^/@\s:]+:)[^/@\s]+@", r"\1***@", arg)
+        arg = mask_url(arg)
         masked.append(arg)
         previous = arg
     return masked
+
+
+def mask_url(text: str) -> str:
+    """TEXT with any URL credentials (user:token@ or token@) replaced by ***."""
+    import re
+
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
 def trace_docker(argv: Sequence[str]) -> None:

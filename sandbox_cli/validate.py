@@ -18,7 +18,7 @@ _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Docker's reference grammar, slightly simplified: [host[:port]/]path[:tag][@digest].
 _IMAGE_RE = re.compile(
-    r"(?:[A-Za-z0-9.-]+(?::\d+)?/)?"
+    r"(?:[A-Za-z0-9][A-Za-z0-9.-]*(?::\d+)?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?\Z"
 )
@@ -43,8 +43,10 @@ def env_pair(value: str, host_env: dict[str, str]) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not _ENV_KEY_RE.match(key):
         raise InvalidInput(f"invalid environment variable {value!r}: expected KEY=VALUE")
-    if "\0" in val:
-        raise InvalidInput(f"invalid environment variable {key!r}: value contains a NUL byte")
+    if "\0" in val or "\n" in val or "\r" in val:
+        raise InvalidInput(
+            f"invalid environment variable {key!r}: values cannot hold NUL or line breaks"
+        )
     if not sep:
         if key not in host_env:
             raise InvalidInput(

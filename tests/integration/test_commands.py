@@ -372,7 +372,7 @@ def test_verbose_shows_docker_commands_with_secrets_masked(docker_engine: None,
                    "sh", "-c", 'echo "$TOKEN"', check=True)
     assert proc.stdout == b"hunter2\n"
     err = proc.stderr.decode()
-    assert "+ docker create --rm" in err and "+ docker start --attach" in err
+    assert "docker create --rm" in err and "docker start --attach" in err
     assert "hunter2" not in err
 
 

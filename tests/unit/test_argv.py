@@ -16,14 +16,17 @@ def _spec(**overrides: object) -> docker.RunSpec:
     return docker.RunSpec(**base)  # type: ignore[arg-type]
 
 
+D = "/opt/bin/docker"
+
+
 @pytest.fixture(autouse=True)
 def _plain_docker(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SANDBOX_DOCKER", raising=False)
+    monkeypatch.setenv("SANDBOX_DOCKER", D)
 
 
 def test_run_argv_is_locked_down_by_default() -> None:
     assert docker.run_argv(_spec()) == [
-        "docker", "run", "-d", "--rm", "--pull", "never",
+        D, "run", "-d", "--rm", "--pull", "never",
         "--name", "box", "--hostname", "box",
         "--label", "sandbox-cli.managed=1", "--label", "sandbox-cli.home=abc",
         "--label", "sandbox-cli.name=box", "--label", "sandbox-cli.keep=0",
@@ -40,7 +43,7 @@ def test_run_argv_is_locked_down_by_default() -> None:
 
 def test_run_argv_loosenings_are_explicit() -> None:
     argv = docker.run_argv(_spec(
-        network=True, ports=["127.0.0.1:8088:80/tcp"], env_keys=["TOKEN"], ttl_seconds=None,
+        network=True, ports=["127.0.0.1:8088:80/tcp"], env_file="/tmp/e", ttl_seconds=None,
         read_only=True, runtime="runsc", cap_add=["NET_BIND_SERVICE"], memory="2g", cpus=1.5,
         pids_limit=64, keep=True,
     ))
@@ -53,22 +56,22 @@ def test_run_argv_loosenings_are_explicit() -> None:
     assert "--memory 2g --memory-swap 2g --cpus 1.5" in joined
     assert "--pids-limit 64" in joined
     assert "sandbox-cli.keep=1" in joined
-    # env values never reach argv (where `ps` would show them): only the key does
-    assert argv[argv.index("TOKEN") - 1] == "--env"
+    # env values never reach argv (where `ps` would show them): they travel in a file
+    assert argv[argv.index("/tmp/e") - 1] == "--env-file"
     assert argv[-2:] == ["python:alpine", docker.SLEEP_FOREVER]
 
 
 def test_one_shot_create_and_start() -> None:
     argv = docker.create_argv(_spec(ttl_seconds=None), ["python", "-c", "print(1)"],
                               workdir="/app/src", stdin=True)
-    assert argv[:5] == ["docker", "create", "--rm", "--pull", "never"]
+    assert argv[:5] == [D, "create", "--rm", "--pull", "never"]
     assert argv[-10:] == ["--workdir", "/app", "--workdir", "/app/src", "--interactive",
                           "--entrypoint", "python", "python:alpine", "-c", "print(1)"]
     assert argv[5:-8] == docker.run_argv(_spec(ttl_seconds=None))[6:-4]
     assert "--tty" in docker.create_argv(_spec(), ["sh"], tty=True)
     assert docker.start_attached_argv("box", stdin=True) == [
-        "docker", "start", "--attach", "--interactive", "box"]
-    assert docker.start_attached_argv("box") == ["docker", "start", "--attach", "box"]
+        D, "start", "--attach", "--interactive", "box"]
+    assert docker.start_attached_argv("box") == [D, "start", "--attach", "box"]
 
 
 def test_mount_quotes_paths_with_commas() -> None:
@@ -78,30 +81,48 @@ def test_mount_quotes_paths_with_commas() -> None:
 
 def test_exec_argv() -> None:
     assert docker.exec_argv("box", ["python", "-c", "print(1)"], marker="m1",
-                            env_keys=["A"], workdir="/app/src", stdin=True) == [
-        "docker", "exec", "-i", "--env", "SANDBOX_EXEC_ID=m1", "--env", "A",
+                            env_file="/tmp/e", workdir="/app/src", stdin=True) == [
+        D, "exec", "-i", "--env", "SANDBOX_EXEC_ID=m1", "--env-file", "/tmp/e",
         "--workdir", "/app/src", "box", "python", "-c", "print(1)",
     ]
     assert docker.exec_argv("box", ["true"], marker="m", tty=True, stdin=True)[2:4] == ["-i", "-t"]
 
 
 def test_other_argv_builders() -> None:
-    assert docker.remove_argv(["a", "b"]) == ["docker", "rm", "-f", "a", "b"]
+    assert docker.remove_argv(["a", "b"]) == [D, "rm", "-f", "a", "b"]
     assert docker.network_disconnect_argv("bridge", "box") == [
-        "docker", "network", "disconnect", "--force", "bridge", "box"]
+        D, "network", "disconnect", "--force", "bridge", "box"]
     assert docker.build_argv("o/n", "https://github.com/o/n.git#main:dir") == [
-        "docker", "build", "--tag", "o/n", "--", "https://github.com/o/n.git#main:dir"]
+        D, "build", "--tag", "o/n", "--", "https://github.com/o/n.git#main:dir"]
     assert docker.list_argv("abc")[-6:] == [
         "--filter", "label=sandbox-cli.managed=1", "--filter", "label=sandbox-cli.home=abc",
         "--format", "{{json .}}"]
-    kill = docker.kill_exec_argv("box", "m1", 1234)
-    assert kill[:5] == ["docker", "exec", "box", "sh", "-c"]
-    assert kill[-3:] == ["sandbox-kill", "m1", "1234"]
+    kill = docker.kill_exec_argv("box", "m1", 1234, ["m2", "m3"])
+    assert kill[:5] == [D, "exec", "box", "sh", "-c"]
+    assert kill[-5:] == ["sandbox-kill", "m1", "1234", "m2", "m3"]
 
 
-def test_docker_binary_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SANDBOX_DOCKER", "/opt/podman-docker")
-    assert docker.remove_argv(["a"])[0] == "/opt/podman-docker"
+def test_docker_binary_is_resolved_in_our_own_path(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: object) -> None:
+    monkeypatch.setenv("SANDBOX_DOCKER", "/opt/other-docker")
+    assert docker.remove_argv(["a"])[0] == "/opt/other-docker"
+    monkeypatch.setenv("SANDBOX_DOCKER", "docker")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert docker.docker_binary() == "docker"  # not found: Popen fails, mapped to exit 5
+
+
+def test_env_file_is_private_and_removed() -> None:
+    import os
+    import stat
+
+    with docker.env_file({"A": "1", "TOKEN": "s=3"}) as path:
+        assert path is not None
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with open(path) as handle:
+            assert handle.read() == "A=1\nTOKEN=s=3\n"
+    assert not os.path.exists(path)
+    with docker.env_file({}) as none:
+        assert none is None
 
 
 @pytest.mark.parametrize(("stderr", "kind"), [
@@ -115,7 +136,7 @@ def test_docker_binary_override(monkeypatch: pytest.MonkeyPatch) -> None:
     ("something else entirely", "DockerError"),
 ])
 def test_failures_are_classified(stderr: str, kind: str) -> None:
-    error = docker.classify_failure(["docker", "run"], 125, stderr)
+    error = docker.classify_failure([D, "run"], 125, stderr)
     assert type(error).__name__ == kind
     assert "\n" not in error.message
 
