@@ -173,8 +173,13 @@ def _resolve_start(
         "cap_add": cap_add or None,
     }
     resolved = config.resolve(flags)
-    for key in resolved.loosened_by_project:
-        ui.warn(f"{resolved.files[-1]} sets {key}: {getattr(resolved.options, key)!r}")
+    for path in resolved.ignored:
+        ui.warn(f"ignoring {path}: it is owned by another user")
+    if resolved.loosened_by_project:
+        project = resolved.files[-1]
+        settings = ", ".join(f"{key}={getattr(resolved.options, key)!r}"
+                             for key in resolved.loosened_by_project)
+        ui.warn(f"{project} loosens the defaults: {settings}")
     return resolved.options
 
 

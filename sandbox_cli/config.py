@@ -113,8 +113,35 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
 
-# Settings that loosen a locked-down default: a project file that sets them is announced.
-LOOSENING_KEYS = ("network", "ports", "cap_add", "runtime", "keep")
+def _size_bytes(text: str) -> float:
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.lower()
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
+    """The settings of a project file that loosen what the layers below it chose: more
+    network, capabilities, ports, lifetime or resources, or a hardening undone. A project file
+    comes with the code you run, so these are announced rather than taken silently."""
+    def looser(key: str, value: Any) -> bool:
+        old = getattr(lower, key)
+        if key in ("network", "keep"):
+            return bool(value) and not old
+        if key in ("ports", "cap_add"):
+            return bool(set(value) - set(old))
+        if key == "read_only":
+            return bool(old) and not value
+        if key == "runtime":
+            return bool(value != old)
+        if key in ("memory", "tmpfs_size"):
+            return _size_bytes(value) > _size_bytes(old)
+        if key in ("cpus", "pids"):
+            return bool(value > old)
+        if key == "ttl":
+            return validate.duration(value) > validate.duration(old)
+        return False
+
+    return [key for key, value in project.items() if looser(key, value)]
 
 
 def user_config_path() -> str:
@@ -196,6 +223,7 @@ class ResolvedOptions:
     options: StartOptions
     files: list[str]
     loosened_by_project: list[str]
+    ignored: list[str] = field(default_factory=list)  # files not owned by us (or root)
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -208,23 +236,40 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
     options = StartOptions()
     files: list[str] = []
     loosened: list[str] = []
-    layers: list[dict[str, Any]] = []
+    ignored: list[str] = []
     user_file = user_config_path()
     if os.path.isfile(user_file):
-        layers.append(read_file(user_file))
+        options = _apply(options, read_file(user_file))
         files.append(user_file)
     project_file = find_project_file(cwd)
+    project: dict[str, Any] = {}
     if project_file and project_file != user_file:
-        project = read_file(project_file)
-        layers.append(project)
-        files.append(project_file)
-        loosened = [k for k in LOOSENING_KEYS if project.get(k)]
-    layers.append(from_environment(environ))
-    layers.append({k: _CONVERTERS[k](v) for k, v in flags.items() if v is not None})
-    for layer in layers:
-        for key, value in layer.items():
-            if key == "env":
-                options = replace(options, env={**options.env, **value})
-            else:
-                options = replace(options, **{key: value})
-    return ResolvedOptions(options, files, loosened)
+        if _owned_by_us(project_file):
+            project = read_file(project_file)
+            loosened = loosenings(options, project)
+            options = _apply(options, project)
+            files.append(project_file)
+        else:  # e.g. /tmp/sandbox.yaml planted by another user above our working directory
+            ignored.append(project_file)
+    options = _apply(options, from_environment(environ))
+    options = _apply(options, {k: _CONVERTERS[k](v) for k, v in flags.items() if v is not None})
+    loosened = [k for k in loosened if getattr(options, k) == project[k]]  # still in force
+    return ResolvedOptions(options, files, loosened, ignored)
+
+
+def _apply(options: StartOptions, layer: Mapping[str, Any]) -> StartOptions:
+    """OPTIONS with LAYER on top: `env` merges key by key, the rest replaces."""
+    for key, value in layer.items():
+        if key == "env":
+            options = replace(options, env={**options.env, **value})
+        else:
+            options = replace(options, **{key: value})
+    return options
+
+
+def _owned_by_us(path: str) -> bool:
+    """Only a file we (or root) own may set our defaults, as git's safe.directory rule."""
+    try:
+        return os.stat(path).st_uid in (os.getuid(), 0)
+    except OSError:
+        return False

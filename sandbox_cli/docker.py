@@ -87,6 +87,7 @@ class RunSpec:
     network: bool = False
     ports: list[str] = field(default_factory=list)  # normalised IP:HOST:CONTAINER/PROTO
     env_file: str | None = None  # see env_file(): values never travel on the argv
+    default_home: bool = True  # HOME=/tmp unless the user's -e sets HOME (-e would lose)
     memory: str = "1g"
     cpus: float = 1.0
     pids_limit: int = 256
@@ -143,7 +144,7 @@ def _container_options(spec: RunSpec) -> list[str]:
         "--cpus", f"{spec.cpus:g}",
         "--init",
         "--log-driver", "json-file", "--log-opt", "max-size=1m", "--log-opt", "max-file=1",
-        "--env", "HOME=/tmp",
+        *(["--env", "HOME=/tmp"] if spec.default_home else []),  # the user's uid has no home
         "--mount", _bind_mount(spec.volume, WORKDIR),
         "--workdir", WORKDIR,
     ]
@@ -270,6 +271,12 @@ def networks_argv(name: str) -> list[str]:
     """`docker inspect` printing the networks a container is attached to."""
     return [docker_binary(), "inspect", "--type", "container",
             "--format", "{{json .NetworkSettings.Networks}}", name]
+
+
+def state_argv(name: str) -> list[str]:
+    """`docker inspect` printing a container's status (running, paused, exited, ...)."""
+    return [docker_binary(), "inspect", "--type", "container", "--format", "{{.State.Status}}",
+            name]
 
 
 def network_disconnect_argv(network: str, name: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import docker
-from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, Signalled
+from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, SandboxNotFound, Signalled
 from .state import StateStore
 
 DEFAULT_MAX_CAPTURE = 16 * 1024 * 1024  # per stream, for --json
@@ -197,8 +197,27 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
         argv = docker.exec_argv(name, command, marker=tag.marker, env_file=env_path,
                                 workdir=workdir, stdin=forward, tty=tty)
         run = capture if captured else stream
-        return run(argv, stdin=forward, timeout=timeout,
-                   stop=lambda: kill_in_container(name, tag, others()))
+        outcome = run(argv, stdin=forward, timeout=timeout,
+                      stop=lambda: kill_in_container(name, tag, others()))
+    code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
+    if code in _DOCKER_EXEC_FAILURES:
+        _require_running(name)
+    return outcome
+
+
+# Codes with which `docker exec` reports its own failures (as well as a command's).
+_DOCKER_EXEC_FAILURES = (1, 125, 126, 127)
+
+
+def _require_running(name: str) -> None:
+    """After a failed exec, tell a dead, paused or vanished container from a failed command."""
+    proc = docker.run_docker(docker.state_argv(name), check=False)
+    status = proc.stdout.strip()
+    if proc.returncode != 0:
+        raise SandboxNotFound(f"sandbox {name!r} has no container any more: "
+                              f"`sandbox purge {name}` clears it")
+    if status != "running":
+        raise SandboxNotFound(f"sandbox {name!r} is {status}, not running")
 
 
 @contextlib.contextmanager

@@ -135,6 +135,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
         read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
+        default_home="HOME" not in options.env,
     )
     return _Prepared(name, spec, dict(options.env))
 
@@ -376,6 +377,18 @@ def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
     return rows
 
 
+def _old_enough(box: dict[str, Any]) -> bool:
+    """True when a listed container was created ORPHAN_MIN_AGE_SECONDS ago or more."""
+    from datetime import datetime
+
+    created = str(box.get("CreatedAt", ""))  # e.g. "2026-11-26 15:13:40 +0000 UTC"
+    try:
+        when = datetime.strptime(created[:25], "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return True  # unknown age: treat as a leftover, as before
+    return time.time() - when >= ORPHAN_MIN_AGE_SECONDS
+
+
 def _orphan_folders(store: StateStore, known: set[str]) -> list[str]:
     """Folders in volumes/ with neither a record nor a container, old enough to be leftovers."""
     try:
@@ -413,7 +426,10 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
         targets = [n for n in dict.fromkeys(names) if n not in missing]
     else:
         missing = []
-        candidates = set(records) | set(containers)
+        # Without --all, a container with no record yet may belong to a `start` still in
+        # progress: it is left alone until old enough to be a leftover (as orphan folders are).
+        candidates = set(records) | {n for n, box in containers.items()
+                                     if everything or n in records or _old_enough(box)}
         if everything:
             targets = sorted(candidates)
         else:

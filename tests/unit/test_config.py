@@ -50,6 +50,30 @@ def test_project_file_that_loosens_is_reported(dirs: tuple[Path, Path]) -> None:
     assert resolved.options.ports == ["127.0.0.1:8080:80/tcp"]
 
 
+def test_falsy_and_resource_loosenings_are_reported(dirs: tuple[Path, Path]) -> None:
+    user, project = dirs
+    user.parent.mkdir(parents=True)
+    user.write_text("read_only: true\nruntime: runsc\nmemory: 256m\npids: 64\nttl: 10m\n")
+    project.write_text("read_only: false\nruntime: null\nmemory: 64g\npids: 100000\n"
+                       "ttl: 365d\ncpus: 0.5\n")
+    resolved = config.resolve({}, environ={})
+    assert resolved.loosened_by_project == ["read_only", "runtime", "memory", "pids", "ttl"]
+    overridden = config.resolve({"memory": "128m"}, environ={})
+    assert "memory" not in overridden.loosened_by_project
+
+
+def test_project_file_of_another_user_is_ignored(dirs: tuple[Path, Path]) -> None:
+    import os
+
+    _, project = dirs
+    project.write_text("network: true\n")
+    if os.getuid() != 0:
+        pytest.skip("needs root to hand the file to another user")
+    os.chown(project, 12345, 12345)
+    resolved = config.resolve({}, environ={})
+    assert resolved.ignored == [str(project)] and resolved.options.network is False
+
+
 @pytest.mark.parametrize(("text", "line", "words"), [
     ("image: ok\nimagee: typo\n", 2, "unknown setting 'imagee'"),
     ("image: ok\nnetwork: maybe\n", 2, "network"),

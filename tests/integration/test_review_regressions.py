@@ -1,0 +1,73 @@
+"""Attacks found in review, kept as regression tests against the real engine."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import BUSYBOX_IMAGE, CLI, Runner
+
+
+def _containers_running(word: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "--format", "{{.Names}} {{.Command}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if word in line]
+
+
+def test_env_values_never_steer_the_docker_client(start_box, sandbox: Runner,
+                                                  home: Path) -> None:
+    # A planted "docker" and hostile client settings passed as container variables.
+    trap = home.parent / "trap"
+    trap.mkdir()
+    (trap / "docker").write_text(f"#!/bin/sh\ntouch {trap}/ran\nexit 0\n")
+    (trap / "docker").chmod(0o755)
+    hostile = ["-e", f"PATH={trap}", "-e", "DOCKER_HOST=unix:///nonexistent.sock",
+               "-e", f"HOME={trap}"]
+    name = start_box(*hostile[2:])  # the container's own PATH must still find `sleep`
+    proc = sandbox("exec", *hostile, name, "/bin/sh", "-c", 'echo "$PATH $DOCKER_HOST"',
+                   check=True)
+    assert proc.stdout.decode() == f"{trap} unix:///nonexistent.sock\n"
+    run = sandbox("run", "--image", BUSYBOX_IMAGE, *hostile, "--", "/bin/sh", "-c",
+                  'echo "$HOME"', check=True)
+    assert run.stdout.decode() == f"{trap}\n"
+    assert not (trap / "ran").exists()
+
+
+def test_run_into_a_closed_pipe_leaves_no_container(docker_engine: None, home: Path) -> None:
+    marker = f"yes run-pipe-{time.monotonic_ns()}"
+    pipeline = f"{' '.join(CLI)} run --image {BUSYBOX_IMAGE} -- {marker} | head -1"
+    out = subprocess.run(["sh", "-c", pipeline], capture_output=True, timeout=60)
+    assert out.stdout.startswith(b"run-pipe-")
+    deadline = time.monotonic() + 10
+    while _containers_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _containers_running(marker) == []
+    assert list((home / "volumes").iterdir()) == []
+
+
+def test_exec_into_a_closed_pipe_stops_the_command(box: str, sandbox: Runner) -> None:
+    pipeline = f"{' '.join(CLI)} exec {box} yes exec-pipe | head -1"
+    out = subprocess.run(["sh", "-c", pipeline], capture_output=True, timeout=60)
+    assert out.stdout == b"exec-pipe\n"
+    ps = sandbox("exec", box, "ps", check=True).stdout.decode()
+    assert "exec-pipe" not in ps
+
+
+def test_timeout_kills_a_command_that_clears_its_environment(box: str, sandbox: Runner) -> None:
+    proc = sandbox("exec", "--timeout", "2", box, "env", "-i", "sleep", "3401", timeout=60)
+    assert proc.returncode == 124 and b"was stopped" in proc.stderr
+    assert "sleep 3401" not in sandbox("exec", box, "ps", check=True).stdout.decode()
+
+
+def test_a_dead_sandbox_is_exit_3(box: str, sandbox: Runner) -> None:
+    subprocess.run(["docker", "rm", "-f", box], capture_output=True, check=True)
+    proc = sandbox("exec", box, "true")
+    assert proc.returncode == 3
+    assert proc.stderr.decode().splitlines()[-1].startswith("sandbox: error: sandbox")
+
+
+def test_hostile_image_references_are_refused(docker_engine: None, sandbox: Runner) -> None:
+    for ref in ("-v/etc", "-p8080/tcp", "--privileged/x"):
+        proc = sandbox("start", "--image", ref)
+        assert proc.returncode == 2, (ref, proc.stderr)
