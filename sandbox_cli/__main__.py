@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     _reopen_closed_streams()
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     try:
         plain = plain_exec(args)
         return _plain_exec(*plain) if plain is not None else _run_typer(args)
