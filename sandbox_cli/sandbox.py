@@ -298,8 +298,9 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
         for rel in selection.files:
             src = os.open(os.path.join(root, *rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                size = os.fstat(src).st_size
-                volume.copy_file_in(walker, dest_parts + rel, src, size)
+                info = os.fstat(src)
+                size = info.st_size
+                volume.copy_file_in(walker, dest_parts + rel, src, size, info.st_mode)
             finally:
                 os.close(src)
             total += size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -12,6 +13,9 @@ import pathspec
 from . import validate
 from .errors import InvalidInput
 
+GITIGNORE_MAX = 1 << 20  # bytes of .gitignore read; the rest is left out
+_GITIGNORE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
 
 @dataclass
 class Selection:
@@ -21,26 +25,54 @@ class Selection:
     skipped_links: int = 0
 
 
-def _spec(lines: Sequence[str]) -> pathspec.PathSpec:  # type: ignore[type-arg, unused-ignore]
-    return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+def _spec(lines: Sequence[str]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _gitignore_lines(root: str) -> list[str]:
+    """The lines of ROOT/.gitignore when it is a regular file, at most GITIGNORE_MAX bytes of it.
+
+    A link (even to a file inside ROOT), a FIFO, a device or a directory there is ignored, as is
+    a missing file: opened without following links and without blocking, then checked.
+    """
+    try:
+        fd = os.open(os.path.join(root, ".gitignore"), _GITIGNORE_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.ENODEV):
+            return []
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        chunks: list[bytes] = []
+        left = GITIGNORE_MAX
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        extra = os.read(fd, 1) if left == 0 else b""
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if extra:  # cut short: drop the partial last line rather than misread it
+        data = data[: data.rfind(b"\n") + 1]
+    return data.decode("utf-8", errors="replace").splitlines()
 
 
 def select_files(root: str, patterns: Sequence[str], excludes: Sequence[str] = (),
                  use_gitignore: bool = True) -> Selection:
     """Regular files below ROOT matching any of PATTERNS and none of EXCLUDES / .gitignore.
 
-    Symbolic links are never followed (so nothing outside ROOT is read) and .git is skipped
-    unless ignores are off.
+    Symbolic links are never followed (so nothing outside ROOT is read), not even a .gitignore
+    that is one, and .git is skipped unless ignores are off.
     """
     include = _spec([validate.glob(p) for p in patterns])
     ignore_lines = [validate.glob(p) for p in excludes]
     if use_gitignore:
         ignore_lines.append(".git/")
-        try:
-            with open(os.path.join(root, ".gitignore"), encoding="utf-8", errors="replace") as fh:
-                ignore_lines += fh.read().splitlines()
-        except (FileNotFoundError, IsADirectoryError):
-            pass
+        ignore_lines += _gitignore_lines(root)
     ignore = _spec(ignore_lines) if ignore_lines else None
     selection = Selection()
     stack: list[tuple[str, ...]] = [()]

@@ -2,8 +2,11 @@
 
 Writers take an exclusive flock, read, modify and atomically replace the file, so parallel
 commands (`make -j8`, CI matrices) never lose or corrupt an entry. Readers need no lock: a
-replaced file is always whole. Nothing read from disk is trusted: entries with a bad name or
-shape are dropped, and volume paths are always derived from the name, never taken from the file.
+replaced file is always whole. Nothing read from disk is trusted: a file that does not parse
+(including one nested too deep for the parser) reads as empty and is moved aside by the next
+writer; entries with a bad name or a wrongly typed field are dropped; only real JSON booleans
+count as true; option values nested deeper than a list of scalars are left out (so saving never
+recurses into them); and volume paths are always derived from the name, never taken from the file.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from .errors import InvalidInput
 
 SCHEMA_VERSION = 1
 EXPIRY_GRACE_SECONDS = 5  # the container's sleep starts a moment after we record created_at
+_SCALARS = (str, int, float, bool, type(None))
+# json.loads raises RecursionError (not ValueError) on input nested deeper than it can parse.
+_UNPARSABLE = (ValueError, RecursionError)
 
 
 def home_dir() -> str:
@@ -85,26 +91,53 @@ class SandboxRecord:
 
     @classmethod
     def from_json(cls, data: object) -> SandboxRecord | None:
-        """Build a record from untrusted JSON; None when anything is off."""
+        """Build a record from untrusted JSON; None when anything is off.
+
+        Strings must be strings and lists lists of strings (else the entry is dropped); keep
+        and network are true only for a JSON true (a hand-edited "false" is false, not truthy);
+        options keep only values that are scalars or lists of scalars.
+        """
         if not isinstance(data, dict):
             return None
         try:
+            expires_at = data.get("expires_at")
             record = cls(
-                name=validate.name(str(data["name"])),
-                container_id=str(data.get("container_id", "")),
-                image=str(data.get("image", "")),
-                created_at=str(data.get("created_at", "")),
-                expires_at=None if data.get("expires_at") is None else str(data["expires_at"]),
-                keep=bool(data.get("keep", False)),
-                network=bool(data.get("network", False)),
-                ports=[str(p) for p in data.get("ports", [])],
-                env_keys=[str(k) for k in data.get("env_keys", [])],
-                user=str(data.get("user", "")),
-                options=dict(data.get("options", {})),
+                name=validate.name(_text(data["name"])),
+                container_id=_text(data.get("container_id", "")),
+                image=_text(data.get("image", "")),
+                created_at=_text(data.get("created_at", "")),
+                expires_at=None if expires_at is None else _text(expires_at),
+                keep=data.get("keep") is True,
+                network=data.get("network") is True,
+                ports=_texts(data.get("ports", [])),
+                env_keys=_texts(data.get("env_keys", [])),
+                user=_text(data.get("user", "")),
+                options=_flat_options(data.get("options", {})),
             )
         except (KeyError, TypeError, ValueError, InvalidInput):
             return None
         return record
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _texts(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return [_text(item) for item in value]
+
+
+def _flat_options(value: object) -> dict[str, object]:
+    """OPTIONS with only the values we write (scalars, lists of scalars): nothing deep."""
+    if not isinstance(value, dict):
+        raise TypeError("expected an object")
+    return {str(key): item for key, item in value.items()
+            if isinstance(item, _SCALARS)
+            or (isinstance(item, list) and all(isinstance(x, _SCALARS) for x in item))}
 
 
 class StateStore:
@@ -138,7 +171,7 @@ class StateStore:
             return {}
         try:
             data = json.loads(raw)
-        except ValueError:
+        except _UNPARSABLE:
             return {}
         entries = data.get("sandboxes", {}) if isinstance(data, dict) else {}
         records: dict[str, SandboxRecord] = {}
@@ -174,7 +207,7 @@ class StateStore:
                 json.loads(handle.read())
         except FileNotFoundError:
             return
-        except ValueError:
+        except _UNPARSABLE:
             os.replace(self.path, f"{self.path}.corrupt-{int(time.time())}")
 
     def _save(self, records: dict[str, SandboxRecord]) -> None:

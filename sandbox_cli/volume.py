@@ -4,7 +4,10 @@ Every path is resolved one component at a time from a directory descriptor with 
 no symlink (final, intermediate or dangling) leads out, even when the container swaps a directory
 for a link while we walk. Files are checked through an O_PATH descriptor before they are opened,
 so a FIFO, socket or device is never opened at all; writes go to a fresh file that is renamed
-into place, so nothing is ever written through a hard link.
+into place, so nothing is ever written through a hard link. The walk is iterative and holds a
+bounded number of directory descriptors, so neither a tree thousands of levels deep nor one with
+thousands of directories exhausts the stack or the descriptor limit; a name or path too long for
+the kernel is refused (exit code 4), never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO
@@ -22,10 +26,40 @@ CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_PREFIX = ".sandbox-tmp-"
+NAME_MAX = 255  # bytes in one name (Linux)
+PATH_MAX = 4096  # bytes in a path with its NUL: the container cannot name anything longer
+COPY_MODE_MASK = 0o755  # permission bits copy-to keeps (no setuid, setgid, sticky, group/other w)
+_SHOWN_MAX = 160  # characters of a path quoted in a message
 
 
 def _show(parts: Iterable[str]) -> str:
-    return "/app/" + "/".join(parts)
+    """PARTS as the container sees them (/app/...), shortened in the middle when very long."""
+    text = "/".join(parts)
+    if len(text) > _SHOWN_MAX:
+        half = _SHOWN_MAX // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return "/app/" + text
+
+
+def _check_length(parts: tuple[str, ...]) -> None:
+    """Refuse a name longer than NAME_MAX or a path the container could not name, up front."""
+    for part in parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UnsafePath(f"{_show(parts)}: name too long (at most {NAME_MAX} bytes a name)")
+    size = len(os.fsencode("/app/" + "/".join(parts)))
+    if size >= PATH_MAX:
+        raise UnsafePath(f"{_show(parts)}: path too long ({size} bytes; at most {PATH_MAX - 1})")
+
+
+@contextmanager
+def _refuse_too_long(shown: str) -> Iterator[None]:
+    """ENAMETOOLONG from any call below (a file system with a shorter NAME_MAX): a refusal."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise UnsafePath(f"{shown}: name too long for the file system") from None
 
 
 def _kind(mode: int) -> str:
@@ -37,18 +71,28 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _dir_refusal(exc: OSError, shown: str) -> UnsafePath | None:
+    """The refusal an error opening directory SHOWN stands for, or None for a host failure."""
+    if exc.errno == errno.ENOENT:
+        return UnsafePath(f"{shown}: no such directory")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePath(f"{shown}: refusing to follow, not a directory")
+    if exc.errno == errno.EACCES:
+        return UnsafePath(f"{shown}: permission denied")
+    if exc.errno == errno.ENAMETOOLONG:
+        return UnsafePath(f"{shown}: name too long for the file system")
+    return None
+
+
 def open_dir_at(parent_fd: int, name: str, shown: str) -> int:
     """Open directory NAME beneath PARENT_FD, refusing links and anything not a directory."""
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        raise UnsafePath(f"{shown}: no such directory") from None
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(f"{shown}: refusing to follow, not a directory") from None
-        if exc.errno == errno.EACCES:
-            raise UnsafePath(f"{shown}: permission denied") from None
-        raise
+        refusal = _dir_refusal(exc, shown)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 @contextmanager
@@ -69,23 +113,42 @@ def opened_root(volumes_dir: str, name: str) -> Iterator[int]:
 
 
 class DirWalker:
-    """Resolves and creates directories beneath a root descriptor, caching what it opened.
+    """Resolves and creates directories beneath a root descriptor, caching a few it opened.
 
-    Each cached descriptor was reached by O_NOFOLLOW opens from the root, so it names a directory
-    inside the sandbox folder for as long as we hold it, whatever the container renames later.
+    Each cached descriptor was reached by O_NOFOLLOW opens from the root (or from another cached
+    one, itself so reached), so it names a directory inside the sandbox folder for as long as we
+    hold it, whatever the container renames later. The cache keeps the CACHE_SIZE most recently
+    used directories (with copy-to's sorted walk: the current directory and its nearest
+    ancestors); an evicted one is closed and, when needed again, resolved afresh from its nearest
+    cached ancestor or the root. The walk is a loop, so depth costs no stack.
     """
+
+    CACHE_SIZE = 32
 
     def __init__(self, root_fd: int, owner: tuple[int, int] | None = None) -> None:
         self.root_fd = root_fd
         self.owner = owner  # chown what we create when the container runs as another user
-        self._cache: dict[tuple[str, ...], int] = {(): root_fd}
+        self._cache: OrderedDict[tuple[str, ...], int] = OrderedDict()
 
     def dir_fd(self, parts: tuple[str, ...], *, create: bool) -> int:
-        """Descriptor of directory PARTS (relative to the root), creating it when asked."""
-        cached = self._cache.get(parts)
-        if cached is not None:
-            return cached
-        parent = self.dir_fd(parts[:-1], create=create)
+        """Descriptor of directory PARTS (relative to the root), creating it when asked.
+
+        The descriptor belongs to the walker: it stays open until the next dir_fd call or close.
+        """
+        fd, have = self.root_fd, 0
+        if self._cache:
+            for depth in range(len(parts), 0, -1):  # the deepest cached ancestor (or PARTS)
+                cached = self._cache.get(parts[:depth])
+                if cached is not None:
+                    self._cache.move_to_end(parts[:depth])
+                    fd, have = cached, depth
+                    break
+        for depth in range(have + 1, len(parts) + 1):
+            fd = self._open_child(fd, parts[:depth], create)
+        return fd
+
+    def _open_child(self, parent: int, parts: tuple[str, ...], create: bool) -> int:
+        """Open (after creating, when asked) the last of PARTS beneath PARENT, and cache it."""
         name = parts[-1]
         if create:
             try:
@@ -94,16 +157,32 @@ class DirWalker:
                     os.chown(name, *self.owner, dir_fd=parent, follow_symlinks=False)
             except FileExistsError:
                 pass
-        fd = open_dir_at(parent, name, _show(parts))
-        self._cache[parts] = fd
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    raise UnsafePath(f"{_show(parts)}: name too long for the file system") from None
+                raise
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:  # the message is built only on failure: depth costs no O(n^2)
+            refusal = _dir_refusal(exc, _show(parts))
+            if refusal is None:
+                raise
+            raise refusal from None
+        self._remember(parts, fd)
         return fd
+
+    def _remember(self, parts: tuple[str, ...], fd: int) -> None:
+        old = self._cache.pop(parts, None)
+        if old is not None:
+            os.close(old)
+        self._cache[parts] = fd
+        while len(self._cache) > self.CACHE_SIZE:
+            os.close(self._cache.popitem(last=False)[1])
 
     def close(self) -> None:
         """Close every descriptor opened (not the root)."""
-        for parts, fd in self._cache.items():
-            if parts:
-                os.close(fd)
-        self._cache = {(): self.root_fd}
+        while self._cache:
+            os.close(self._cache.popitem()[1])
 
     def __enter__(self) -> DirWalker:
         return self
@@ -138,7 +217,8 @@ def read_to(root_fd: int, parts: tuple[str, ...], out_fd: int) -> int:
     Reads at most the size the file had when opened, so a container that keeps appending
     cannot keep us reading forever.
     """
-    with DirWalker(root_fd) as walker:
+    _check_length(parts)
+    with _refuse_too_long(_show(parts)), DirWalker(root_fd) as walker:
         parent = walker.dir_fd(parts[:-1], create=False)
         fd, st = open_regular_file(parent, parts[-1], _show(parts))
     try:
@@ -218,8 +298,10 @@ def _refuse_if_removed(shown: str) -> Iterator[None]:
 def write_from(root_fd: int, parts: tuple[str, ...], source: BinaryIO | bytes,
                owner: tuple[int, int] | None = None) -> int:
     """Write SOURCE (bytes, or a stream read in chunks) to PARTS, creating parent folders."""
+    _check_length(parts)
     shown = _show(parts)
-    with _refuse_if_removed(shown), DirWalker(root_fd, owner) as walker:
+    with _refuse_too_long(shown), _refuse_if_removed(shown), \
+            DirWalker(root_fd, owner) as walker:
         parent = walker.dir_fd(parts[:-1], create=True)
         fd, tmp = _new_temp(parent, owner)
         written = 0
@@ -243,14 +325,22 @@ def write_from(root_fd: int, parts: tuple[str, ...], source: BinaryIO | bytes,
     return written
 
 
-def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, size: int) -> None:
-    """Copy an open host file into the sandbox at DEST_PARTS (parents created)."""
+def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, size: int,
+                 mode: int | None = None) -> None:
+    """Copy an open host file into the sandbox at DEST_PARTS (parents created).
+
+    MODE is the source's st_mode: its permission bits, masked to COPY_MODE_MASK, are given to
+    the copy (so an executable stays executable); without it the copy is a plain 0o644 file.
+    """
+    _check_length(dest_parts)
     shown = _show(dest_parts)
-    with _refuse_if_removed(shown):
+    with _refuse_too_long(shown), _refuse_if_removed(shown):
         parent = walker.dir_fd(dest_parts[:-1], create=True)
         fd, tmp = _new_temp(parent, walker.owner)
         try:
             _copy_range(src_fd, fd, size)
+            if mode is not None:  # after any fchown (which would clear set-id bits anyway)
+                os.fchmod(fd, stat.S_IMODE(mode) & COPY_MODE_MASK)
         except BaseException:
             os.close(fd)
             _unlink_quietly(parent, tmp)

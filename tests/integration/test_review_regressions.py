@@ -71,3 +71,13 @@ def test_hostile_image_references_are_refused(docker_engine: None, sandbox: Runn
     for ref in ("-v/etc", "-p8080/tcp", "--privileged/x"):
         proc = sandbox("start", "--image", ref)
         assert proc.returncode == 2, (ref, proc.stderr)
+
+
+def test_copy_to_keeps_the_executable_bit(box: str, sandbox: Runner, tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o4777)  # setuid and world-writable bits are not carried over
+    sandbox("copy-to", box, "run.sh", cwd=tmp_path, check=True)
+    assert sandbox("exec", box, "./run.sh", check=True).stdout == b"ran\n"
+    mode = sandbox("exec", box, "stat", "-c", "%a", "run.sh", check=True).stdout
+    assert mode == b"755\n"
