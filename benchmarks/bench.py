@@ -340,7 +340,7 @@ class Bench:
             "exec true", self.reps.fast,
             lambda i: self.timed([*self.sbx, "exec", self.main, "true"]),
             lambda i: self.timed(["docker", "exec", self.main, "true"]), 2.0,
-            "stdin is /dev/null, so sandbox runs docker exec -i (it forwards piped stdin)")
+            "stdin is /dev/null: sandbox forwards nothing, as docker exec without -i")
 
     def read_small(self) -> Result:
         text = "".join(f"line {n} of a small file\n" for n in range(40))  # about 1 KB
