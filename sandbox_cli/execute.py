@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from . import docker
 from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, SandboxNotFound, Signalled
@@ -181,9 +181,12 @@ def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: St
                       err_cut[0], int((time.monotonic() - began) * 1000), outcome.stop_failed)
 
 
+Result = TypeVar("Result", Outcome, ExecResult)
+
+
 def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
-          workdir: str | None, timeout: float | None, captured: bool,
-          ) -> Outcome | ExecResult:
+          workdir: str | None, timeout: float | None,
+          run: Callable[..., Result], captured: bool) -> Result:
     """Check NAME is live, then `docker exec` COMMAND, streamed or captured; -e values go
     through a private env file that lives as long as the exec."""
     if not command or not command[0]:
@@ -196,7 +199,6 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
     with docker.env_file(env) as env_path, _registered(store, name, tag) as others:
         argv = docker.exec_argv(name, command, marker=tag.marker, env_file=env_path,
                                 workdir=workdir, stdin=forward, tty=tty)
-        run = capture if captured else stream
         outcome = run(argv, stdin=forward, timeout=timeout,
                       stop=lambda: kill_in_container(name, tag, others()))
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
@@ -247,18 +249,14 @@ def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
                    env: dict[str, str] | None = None, workdir: str | None = None,
                    timeout: float | None = None) -> Outcome:
     """`sandbox exec`: run COMMAND in NAME, streamed."""
-    outcome = _exec(store, name, command, env or {}, workdir, timeout, captured=False)
-    assert isinstance(outcome, Outcome)
-    return outcome
+    return _exec(store, name, command, env or {}, workdir, timeout, stream, captured=False)
 
 
 def exec_captured(store: StateStore, name: str, command: Sequence[str], *,
                   env: dict[str, str] | None = None, workdir: str | None = None,
                   timeout: float | None = None) -> ExecResult:
     """`sandbox exec --json`: run COMMAND in NAME with bounded capture."""
-    outcome = _exec(store, name, command, env or {}, workdir, timeout, captured=True)
-    assert isinstance(outcome, ExecResult)
-    return outcome
+    return _exec(store, name, command, env or {}, workdir, timeout, capture, captured=True)
 
 
 def check_runnable(store: StateStore, name: str) -> None:

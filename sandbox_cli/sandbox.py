@@ -490,7 +490,7 @@ def repo_build_target(repo: str, branch: str | None, subdir: str | None,
         default_tag = repo.lower()
     elif re.match(r"(https?|git|ssh)://[^\s]+\Z", repo) or re.match(r"git@[^\s:]+:[^\s]+\Z", repo):
         url = repo
-        path = re.sub(r"\.git$", "", re.split(r"[:/]", repo.rstrip("/"), maxsplit=0)[-1])
+        path = re.sub(r"\.git$", "", re.split(r"[:/]", repo.rstrip("/"))[-1])  # last segment
         default_tag = re.sub(r"[^a-z0-9_.-]+", "-", path.lower()).strip("-.") or "image"
     else:
         raise InvalidInput(f"invalid repository {repo!r}: expected owner/name or a git URL")
