@@ -191,19 +191,22 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
     through a private env file that lives as long as the exec."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
-    check_runnable(store, name)
+    from .sandbox import container_ref, require
+
+    # By id, not name: a container of the same name from another home is never entered.
+    target = container_ref(require(store, name))
     forward, tty = stdin_mode()
     if captured:  # no terminal: stdout and stderr must stay apart
         forward, tty = forward and not os.isatty(0), False
     tag = _new_tag()
     with docker.env_file(env) as env_path, _registered(store, name, tag) as others:
-        argv = docker.exec_argv(name, command, marker=tag.marker, env_file=env_path,
+        argv = docker.exec_argv(target, command, marker=tag.marker, env_file=env_path,
                                 workdir=workdir, stdin=forward, tty=tty)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(name, tag, others()))
+                      stop=lambda: kill_in_container(target, tag, others()))
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
     if code in _DOCKER_EXEC_FAILURES:
-        _require_running(name)
+        _require_running(target, name)
     return outcome
 
 
@@ -211,9 +214,9 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
 _DOCKER_EXEC_FAILURES = (1, 125, 126, 127)
 
 
-def _require_running(name: str) -> None:
+def _require_running(target: str, name: str) -> None:
     """After a failed exec, tell a dead, paused or vanished container from a failed command."""
-    proc = docker.run_docker(docker.state_argv(name), check=False)
+    proc = docker.run_docker(docker.state_argv(target), check=False)
     status = proc.stdout.strip()
     if proc.returncode != 0:
         raise SandboxNotFound(f"sandbox {name!r} has no container any more: "
@@ -257,10 +260,3 @@ def exec_captured(store: StateStore, name: str, command: Sequence[str], *,
                   timeout: float | None = None) -> ExecResult:
     """`sandbox exec --json`: run COMMAND in NAME with bounded capture."""
     return _exec(store, name, command, env or {}, workdir, timeout, capture, captured=True)
-
-
-def check_runnable(store: StateStore, name: str) -> None:
-    """Fail early, before docker, when NAME is not a live sandbox."""
-    from .sandbox import require
-
-    require(store, name)

@@ -61,12 +61,12 @@ def forget_expired(store: StateStore) -> list[str]:
         gone = {name: rec for name, rec in records.items() if rec.expired()}
         for name in gone:
             del records[name]
-    _remove_containers([_container_ref(rec) for rec in gone.values()])
+    _remove_containers([container_ref(rec) for rec in gone.values()])
     _remove_folders(store, gone)
     return list(gone)
 
 
-def _container_ref(record: SandboxRecord) -> str:
+def container_ref(record: SandboxRecord) -> str:
     """The record's container id when it looks like one (the file is untrusted), else its
     name: the id cannot point at a newer container that reused the name."""
     cid = record.container_id

@@ -81,3 +81,17 @@ def test_copy_to_keeps_the_executable_bit(box: str, sandbox: Runner, tmp_path: P
     assert sandbox("exec", box, "./run.sh", check=True).stdout == b"ran\n"
     mode = sandbox("exec", box, "stat", "-c", "%a", "run.sh", check=True).stdout
     assert mode == b"755\n"
+
+
+def test_exec_never_enters_a_foreign_container_of_the_same_name(box: str,
+                                                                sandbox: Runner) -> None:
+    subprocess.run(["docker", "rm", "-f", box], capture_output=True, check=True)
+    subprocess.run(["docker", "run", "-d", "--name", box, BUSYBOX_IMAGE, "sleep", "60"],
+                   capture_output=True, check=True)
+    try:
+        proc = sandbox("exec", box, "touch", "/entered")
+        assert proc.returncode == 3, proc.stderr
+        entered = subprocess.run(["docker", "exec", box, "ls", "/entered"], capture_output=True)
+        assert entered.returncode != 0, "sandbox exec ran inside a container it did not start"
+    finally:
+        subprocess.run(["docker", "rm", "-f", box], capture_output=True)
