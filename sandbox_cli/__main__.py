@@ -106,7 +106,11 @@ def _plain_exec(name: str, command: list[str]) -> int:
         from . import docker, ui
 
         docker.set_trace(ui.trace_docker)
-    return execute.exec_streaming(StateStore(), name, command).code
+    from . import ui
+
+    outcome = execute.exec_streaming(StateStore(), name, command)
+    ui.report_stop(outcome, None, name)
+    return outcome.code
 
 
 def _reopen_closed_streams() -> None:
@@ -153,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; every failure a user can cause ends as one stderr line and an exit code."""
     from . import ui
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    # A closed terminal (SIGHUP) or SIGQUIT must clean up as Ctrl-C does, not kill us mid-way.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, _on_signal)
     _reopen_closed_streams()
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     try:

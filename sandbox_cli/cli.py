@@ -239,19 +239,8 @@ def exec_(
     outcome = execute.exec_streaming(
         _store(), name, command, env=pairs, workdir=directory, timeout=seconds
     )
-    _report_stop(outcome, timeout, name)
+    ui.report_stop(outcome, timeout, name)
     raise typer.Exit(outcome.code)
-
-
-def _report_stop(outcome: execute.Outcome | execute.ExecResult, timeout: str | None,
-                 name: str) -> None:
-    """Say what a timeout did, and never claim a stop that did not happen."""
-    if outcome.stop_failed:
-        ui.error(("timed out after " + str(timeout) + "; " if outcome.timed_out else "")
-                 + "could not stop the command inside the container (no sh in the image, or "
-                 f"its process limit is reached): `sandbox purge {name}` ends it")
-    elif outcome.timed_out:
-        ui.error(f"timed out after {timeout}; the command was stopped in the container")
 
 
 @app.command()
@@ -461,7 +450,7 @@ def run(
             code = outcome.code
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
-        _report_stop(outcome, timeout, record.name)
+        ui.report_stop(outcome, timeout, record.name)
     finally:
         sandbox.discard(store, record.name, container_gone=finished)
     raise typer.Exit(code)

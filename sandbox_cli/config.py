@@ -131,8 +131,8 @@ def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
             return bool(set(value) - set(old))
         if key == "read_only":
             return bool(old) and not value
-        if key == "runtime":
-            return bool(value != old)
+        if key == "runtime":  # choosing one (e.g. runsc) hardens; dropping or swapping one not
+            return old is not None and value != old
         if key in ("memory", "tmpfs_size"):
             return _size_bytes(value) > _size_bytes(old)
         if key in ("cpus", "pids"):
@@ -163,12 +163,16 @@ def find_project_file(start: str | None = None) -> str | None:
         here = parent
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """Parse and check one YAML config file; errors name the file and the line."""
+def read_file(path: str, *, ours_only: bool = False) -> dict[str, Any] | None:
+    """Parse and check one YAML config file; errors name the file and the line. With
+    OURS_ONLY, None when the opened file is not owned by us or root (checked on the open file,
+    so a link or a swap cannot slip another user's file in)."""
     import yaml  # only when a config file exists: keeps it off the hot path
 
     try:
         with open(path, encoding="utf-8") as handle:
+            if ours_only and os.fstat(handle.fileno()).st_uid not in (os.getuid(), 0):
+                return None
             text = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
@@ -239,18 +243,19 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
     ignored: list[str] = []
     user_file = user_config_path()
     if os.path.isfile(user_file):
-        options = _apply(options, read_file(user_file))
+        options = _apply(options, read_file(user_file) or {})
         files.append(user_file)
     project_file = find_project_file(cwd)
     project: dict[str, Any] = {}
     if project_file and project_file != user_file:
-        if _owned_by_us(project_file):
-            project = read_file(project_file)
+        found = read_file(project_file, ours_only=True)
+        if found is None:  # e.g. /tmp/sandbox.yaml planted by another user above our cwd
+            ignored.append(project_file)
+        else:
+            project = found
             loosened = loosenings(options, project)
             options = _apply(options, project)
             files.append(project_file)
-        else:  # e.g. /tmp/sandbox.yaml planted by another user above our working directory
-            ignored.append(project_file)
     options = _apply(options, from_environment(environ))
     options = _apply(options, {k: _CONVERTERS[k](v) for k, v in flags.items() if v is not None})
     loosened = [k for k in loosened if getattr(options, k) == project[k]]  # still in force
@@ -266,10 +271,3 @@ def _apply(options: StartOptions, layer: Mapping[str, Any]) -> StartOptions:
             options = replace(options, **{key: value})
     return options
 
-
-def _owned_by_us(path: str) -> bool:
-    """Only a file we (or root) own may set our defaults, as git's safe.directory rule."""
-    try:
-        return os.stat(path).st_uid in (os.getuid(), 0)
-    except OSError:
-        return False

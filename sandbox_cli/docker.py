@@ -189,14 +189,13 @@ def exec_argv(name: str, command: Sequence[str], *, marker: str, env_file: str |
 
 
 # Ends every process an exec started: those carrying its marker ($1), their sessions (runc makes
-# each exec a session leader) and their descendants, plus any process that began after the exec
-# did ($2, clock ticks since boot) unless it sits in the session of another live exec (one whose
-# leader has parent 0, i.e. was started by runc, and carries one of the live markers $3...). So
-# a child that scrubs its environment, calls setsid and is orphaned is still found: it cannot
-# change its start time. Frozen with SIGSTOP first so none can fork away while we look;
-# repeated until a pass finds nothing. POSIX sh, tr and grep only.
+# each exec a session leader), their descendants, and every process that began after the exec
+# did ($2, clock ticks since boot). Nothing a process does (scrubbing its environment, setsid,
+# double forks, faking a marker) changes its start time, so nothing it started escapes; the
+# price is that other execs' processes begun after this one end too. Frozen with SIGSTOP first
+# so none can fork away while we look; repeated until a pass finds nothing. POSIX sh, tr, grep.
 KILL_SCRIPT = r"""
-id="$1"; since="$2"; shift 2; live=" $* "; me=$$; frozen=" "; sids=" "
+id="$1"; since="$2"; me=$$; frozen=" "; sids=" "
 pass=0
 while [ $pass -lt 20 ]; do
   pass=$((pass + 1)); found=""
@@ -218,16 +217,6 @@ while [ $pass -lt 20 ]; do
     fi
     if [ -z "$hit" ] && [ -n "$since" ] && [ "$started" -ge "$since" ] 2>/dev/null; then
       hit=1
-      if leader=$(cat "/proc/$sid/stat" 2>/dev/null); then
-        leader=${leader##*) }
-        set -- $leader
-        if [ "$2" = 0 ]; then
-          theirs=$(tr '\0' '\n' < "/proc/$sid/environ" 2>/dev/null \
-              | grep '^SANDBOX_EXEC_ID=')
-          theirs=${theirs#SANDBOX_EXEC_ID=}
-          case "$live" in *" $theirs "*) [ -n "$theirs" ] && hit="";; esac
-        fi
-      fi
     fi
     if [ -n "$hit" ]; then
       kill -STOP "$p" 2>/dev/null
@@ -244,14 +233,11 @@ exit 0
 """
 
 
-def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None,
-                   live: Sequence[str] = ()) -> list[str]:
-    """`docker exec` of the script that ends every process the exec tagged MARKER started,
-    and every process that began at or after SINCE_TICKS (clock ticks since boot) outside the
-    sessions of the other LIVE exec markers."""
+def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None) -> list[str]:
+    """`docker exec` of the script that ends every process the exec tagged MARKER started and
+    every process that began at or after SINCE_TICKS (clock ticks since boot)."""
     since = "" if since_ticks is None else str(since_ticks)
-    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since,
-            *live]
+    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since]
 
 
 def remove_argv(names: Sequence[str]) -> list[str]:

@@ -92,3 +92,5 @@ class Signalled(BaseException):
         super().__init__(signum)
         self.exit_code = 128 + signum
         self.message = "interrupted" if self.exit_code == EXIT_INTERRUPTED else "terminated"
+        if signum == 1:
+            self.message = "hung up"

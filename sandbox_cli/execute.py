@@ -4,13 +4,13 @@ ends the command inside the container too (killing the docker client alone would
 
 from __future__ import annotations
 
-import contextlib
 import os
+import signal
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -79,16 +79,18 @@ def stdin_mode() -> tuple[bool, bool]:
     return True, False
 
 
-def kill_in_container(name: str, tag: ExecTag, live: Sequence[str] = ()) -> bool:
-    """End every process the exec tagged TAG started, sparing the sessions of the LIVE
-    markers of other execs. True when the kill script ran to its end."""
-    argv = docker.kill_exec_argv(name, tag.marker, tag.since_ticks, live)
+def kill_in_container(name: str, tag: ExecTag) -> bool:
+    """End every process the exec tagged TAG started, and every process that began after it
+    did. True when the kill script ran to its end."""
+    argv = docker.kill_exec_argv(name, tag.marker, tag.since_ticks)
     try:
         return docker.run_docker(argv, check=False).returncode == 0
     except SandboxError:
         return False
 
 
+STOP_FAILED = ("could not stop the command inside the container (no sh in the image, or its "
+               "process limit is reached): purging the sandbox ends it")
 Stop = Callable[[], bool]  # ends the command inside the container; True when that worked
 
 
@@ -108,15 +110,17 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) ->
         if code < 0:  # the client was killed (e.g. SIGPIPE under `| head`): not the command
             return Outcome(128 - code, stop_failed=not stop())
         if _reader_gone():  # the client gave up writing to a closed pipe: the command may live
-            return Outcome(code, stop_failed=not stop())
+            return Outcome(128 + signal.SIGPIPE, stop_failed=not stop())
         return Outcome(code)
     except subprocess.TimeoutExpired:
         stopped = stop()
         _reap(proc)
         return Outcome(EXIT_TIMEOUT, timed_out=True, stop_failed=not stopped)
-    except (KeyboardInterrupt, Signalled):
-        stop()
+    except (KeyboardInterrupt, Signalled) as exc:
+        stopped = stop()
         _reap(proc)
+        if not stopped and isinstance(exc, Signalled):
+            exc.message += f"; {STOP_FAILED}"
         raise
 
 
@@ -199,11 +203,11 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
     if captured:  # no terminal: stdout and stderr must stay apart
         forward, tty = forward and not os.isatty(0), False
     tag = _new_tag()
-    with docker.env_file(env) as env_path, _registered(store, name, tag) as others:
+    with docker.env_file(env) as env_path:
         argv = docker.exec_argv(target, command, marker=tag.marker, env_file=env_path,
                                 workdir=workdir, stdin=forward, tty=tty)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(target, tag, others()))
+                      stop=lambda: kill_in_container(target, tag))
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
     if code in _DOCKER_EXEC_FAILURES:
         _require_running(target, name)
@@ -223,29 +227,6 @@ def _require_running(target: str, name: str) -> None:
                               f"`sandbox purge {name}` clears it")
     if status != "running":
         raise SandboxNotFound(f"sandbox {name!r} is {status}, not running")
-
-
-@contextlib.contextmanager
-def _registered(store: StateStore, name: str, tag: ExecTag) -> Iterator[Callable[[], list[str]]]:
-    """Note TAG's marker as live for NAME while the exec runs (a file under the home), and
-    yield a function listing the other live markers, whose sessions a timeout must spare."""
-    folder = os.path.join(store.home, "execs", name)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    path = os.path.join(folder, tag.marker)
-    with open(path, "w"):
-        pass
-
-    def others() -> list[str]:
-        try:
-            return [m for m in os.listdir(folder) if m != tag.marker and m.isalnum()]
-        except OSError:
-            return []
-
-    try:
-        yield others
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
 
 
 def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,

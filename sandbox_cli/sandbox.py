@@ -439,7 +439,7 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
                 if not (records[n].keep if n in records
                         else containers[n]["labels"].get(docker.LABEL_KEEP) == "1")
             )
-        targets += _orphan_folders(store, candidates)
+        targets += _orphan_folders(store, set(records) | set(containers))
     live = [n for n in targets if n in containers]
     if live:
         _remove_containers(live)
@@ -464,8 +464,9 @@ def remove_container(name: str) -> None:
 def _remove_containers(names: list[str]) -> None:
     proc = docker.run_docker(docker.remove_argv(names), check=False)
     if proc.returncode != 0:
-        problems = [line for line in proc.stderr.splitlines()
-                    if line.strip() and "no such container" not in line.lower()]
+        problems = [line for line in proc.stderr.splitlines() if line.strip()
+                    and "no such container" not in line.lower()
+                    and "already in progress" not in line.lower()]  # --rm got there first
         if problems:
             raise docker.classify_failure(docker.remove_argv(names), proc.returncode,
                                           "\n".join(problems))

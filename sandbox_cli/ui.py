@@ -114,6 +114,17 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
     return masked
 
 
+def report_stop(outcome: Any, timeout: str | None, name: str) -> None:
+    """After exec or run: say what a timeout did, and never claim a stop that did not happen.
+    OUTCOME is an execute.Outcome or ExecResult (both have timed_out and stop_failed)."""
+    if outcome.stop_failed:
+        lead = f"timed out after {timeout}; " if outcome.timed_out else ""
+        error(f"{lead}could not stop the command inside the container (no sh in the image, or "
+              f"its process limit is reached): `sandbox purge {name}` ends it")
+    elif outcome.timed_out:
+        error(f"timed out after {timeout}; the command was stopped in the container")
+
+
 def mask_url(text: str) -> str:
     """TEXT with any URL credentials (user:token@ or token@) replaced by ***."""
     import re

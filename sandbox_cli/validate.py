@@ -11,6 +11,7 @@ import re
 
 from .errors import InvalidInput
 
+ENV_VALUE_MAX = 60 * 1024  # docker reads --env-file lines of at most 64 KiB
 NAME_MAX = 63  # the name doubles as the container's hostname, which is capped at 63
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -47,6 +48,13 @@ def env_pair(value: str, host_env: dict[str, str]) -> tuple[str, str]:
         raise InvalidInput(
             f"invalid environment variable {key!r}: values cannot hold NUL or line breaks"
         )
+    try:
+        size = len(val.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"invalid environment variable {key!r}: not UTF-8") from None
+    if size > ENV_VALUE_MAX:
+        raise InvalidInput(f"environment variable {key!r} is too long: at most 60 KiB "
+                           "(pass large data as a file with `sandbox write`)")
     if not sep:
         if key not in host_env:
             raise InvalidInput(

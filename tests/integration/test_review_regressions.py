@@ -95,3 +95,44 @@ def test_exec_never_enters_a_foreign_container_of_the_same_name(box: str,
         assert entered.returncode != 0, "sandbox exec ran inside a container it did not start"
     finally:
         subprocess.run(["docker", "rm", "-f", box], capture_output=True)
+
+
+def test_hangup_cleans_up_like_ctrl_c(box: str, sandbox: Runner, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    proc = subprocess.Popen([*CLI, "exec", "-e", "SECRET=x", box, "sleep", "3501"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while b"sleep 3501" not in sandbox("exec", box, "ps", check=True).stdout:
+        assert time.monotonic() < deadline, "command never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGHUP)  # what a closed terminal sends
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 129 and b"hung up" in err
+    assert b"sleep 3501" not in sandbox("exec", box, "ps", check=True).stdout
+    assert list(private_tmp.iterdir()) == []  # the env file holding SECRET is gone
+
+
+def test_run_into_true_keeps_a_pipe_exit_code(docker_engine: None, home: Path) -> None:
+    pipeline = (f"{' '.join(CLI)} run --image {BUSYBOX_IMAGE} -- sh -c 'sleep 1; echo hi; "
+                "exit 4' | true; echo $?")
+    out = subprocess.run(["bash", "-c", pipeline.replace("| true; echo $?",
+                                                         "| true; echo ${PIPESTATUS[0]}")],
+                         capture_output=True, timeout=60)
+    assert out.stdout.strip() in (b"4", b"141"), out
+    assert b"docker rm failed" not in out.stderr
+    assert list((home / "volumes").iterdir()) == []
+
+
+def test_bad_env_values_are_refused(box: str, sandbox: Runner) -> None:
+    for value in ("E=" + "x" * 70000, "E=a\nb"):
+        proc = sandbox("exec", "-e", value, box, "true")
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+    proc = subprocess.run([*CLI, "exec", "-e", b"E=\xff", box, "true"], capture_output=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and b"not UTF-8" in proc.stderr

@@ -62,6 +62,12 @@ def test_falsy_and_resource_loosenings_are_reported(dirs: tuple[Path, Path]) -> 
     assert "memory" not in overridden.loosened_by_project
 
 
+def test_choosing_a_runtime_is_not_a_loosening(dirs: tuple[Path, Path]) -> None:
+    _, project = dirs
+    project.write_text("runtime: runsc\n")
+    assert config.resolve({}, environ={}).loosened_by_project == []
+
+
 def test_project_file_of_another_user_is_ignored(dirs: tuple[Path, Path]) -> None:
     import os
 
