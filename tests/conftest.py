@@ -78,6 +78,16 @@ def sandbox(home: Path, tmp_path: Path) -> Runner:
     return run
 
 
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A docker stand-in that records each call and fails: (its log, env setting it up)."""
+    log = tmp_path / "docker-calls.log"
+    script = tmp_path / "fake-docker"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\necho "fake docker" >&2\nexit 1\n')
+    script.chmod(0o755)
+    return log, {"SANDBOX_DOCKER": str(script)}
+
+
 def _start(sandbox: Runner, image: str, *extra: str) -> str:
     name = "t-" + uuid.uuid4().hex[:10]
     sandbox("start", "--name", name, "--image", image, *extra, check=True)

@@ -53,16 +53,6 @@ BAD_INPUTS = {
 }
 
 
-@pytest.fixture
-def fake_docker(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A docker stand-in that records each call and fails; returns (log, env to run with)."""
-    log = tmp_path / "docker-calls.log"
-    script = tmp_path / "fake-docker"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\necho "fake docker" >&2\nexit 1\n')
-    script.chmod(0o755)
-    return log, {"SANDBOX_DOCKER": str(script)}
-
-
 @pytest.mark.parametrize("argv", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
 def test_bad_input_refused_before_docker(argv: list[str], sandbox: Runner, home: Path,
                                          fake_docker: tuple[Path, dict[str, str]]) -> None:

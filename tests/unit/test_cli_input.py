@@ -12,13 +12,11 @@ from tests.conftest import CLI
 
 
 @pytest.fixture
-def fake_docker(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A docker stand-in that only records that it was called."""
-    calls = tmp_path / "calls"
-    script = tmp_path / "docker"
-    script.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit 1\n")
-    script.chmod(0o755)
-    env = {**os.environ, "SANDBOX_DOCKER": str(script), "SANDBOX_HOME": str(tmp_path / "home"),
+def recorded(fake_docker: tuple[Path, dict[str, str]],
+             tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The shared docker stand-in, with a private home and no machine settings."""
+    calls, settings = fake_docker
+    env = {**os.environ, **settings, "SANDBOX_HOME": str(tmp_path / "home"),
            "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     env.pop("SANDBOX_IMAGE", None)
     return calls, env
@@ -29,9 +27,9 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           stdin=subprocess.DEVNULL)
 
 
-def test_bad_project_file_names_file_and_line(fake_docker: tuple[Path, dict[str, str]],
+def test_bad_project_file_names_file_and_line(recorded: tuple[Path, dict[str, str]],
                                               tmp_path: Path) -> None:
-    calls, env = fake_docker
+    calls, env = recorded
     project = tmp_path / "proj"
     (project / "deep").mkdir(parents=True)
     (project / "sandbox.yaml").write_text("image: python:3.12\nmemroy: 2g\n")
@@ -49,9 +47,9 @@ def test_bad_project_file_names_file_and_line(fake_docker: tuple[Path, dict[str,
     ["read", "box", "../etc/passwd"], ["write", "box", "/etc/passwd", "x"],
     ["copy-to", "box", "../*"], ["exec", "--timeout", "-1", "box", "true"],
 ])
-def test_refused_before_docker(fake_docker: tuple[Path, dict[str, str]], tmp_path: Path,
+def test_refused_before_docker(recorded: tuple[Path, dict[str, str]], tmp_path: Path,
                                args: list[str]) -> None:
-    calls, env = fake_docker
+    calls, env = recorded
     proc = _run(args, env, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("sandbox: error: ") and proc.stderr.count("\n") == 1
