@@ -62,7 +62,7 @@ function __sandbox_state
             set cmd $word
             switch $cmd
                 case start
-                    set valued --name --image --port -p --env -e --ttl --memory --cpus \
+                    set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
                         --pids-limit --runtime --cap-add
                     set files
                     set args
@@ -99,8 +99,8 @@ function __sandbox_state
                     set files
                     set args none
                 case run
-                    set valued --name --image --port -p --env -e --memory --cpus --pids-limit \
-                        --runtime --cap-add --copy --timeout --workdir -w
+                    set valued --name --image --port -p --env -e --memory --disk --cpus \
+                        --pids-limit --runtime --cap-add --copy --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -182,9 +182,10 @@ complete -c sandbox -n '__sandbox_options start' -l env -s e -x -d 'KEY=VALUE (o
 complete -c sandbox -n '__sandbox_options start' -l keep -l no-keep -d 'Never expire, and survive a bare `purge`'
 complete -c sandbox -n '__sandbox_options start' -l ttl -x -d 'Lifetime before Docker removes it: 30s, 10m, 2h [default: 1h]'
 complete -c sandbox -n '__sandbox_options start' -l memory -x -d 'Memory limit, no extra swap [default: 1g]'
+complete -c sandbox -n '__sandbox_options start' -l disk -x -d 'Cap on /app\'s bytes and files, or `unlimited` [default: 1g]'
 complete -c sandbox -n '__sandbox_options start' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options start' -l pids-limit -x -d 'Process limit [default: 256]'
-complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -d 'Read-only root filesystem with a tmpfs /tmp (/app stays writable)'
+complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -d 'Read-only root with tmpfs /tmp and /var/tmp (the default; /app stays writable), or a writable root'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
@@ -236,9 +237,10 @@ complete -c sandbox -n '__sandbox_options run' -l network -l no-network -d 'Give
 complete -c sandbox -n '__sandbox_options run' -l port -s p -x -d 'Publish [IP:]HOST:CONTAINER[/PROTO]; binds 127.0.0.1 unless IP given'
 complete -c sandbox -n '__sandbox_options run' -l env -s e -x -d 'KEY=VALUE (or KEY to pass the host\'s value)'
 complete -c sandbox -n '__sandbox_options run' -l memory -x -d 'Memory limit, no extra swap [default: 1g]'
+complete -c sandbox -n '__sandbox_options run' -l disk -x -d 'Cap on /app\'s bytes and files, or `unlimited` [default: 1g]'
 complete -c sandbox -n '__sandbox_options run' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options run' -l pids-limit -x -d 'Process limit [default: 256]'
-complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 'Read-only root filesystem with a tmpfs /tmp (/app stays writable)'
+complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 'Read-only root with tmpfs /tmp and /var/tmp (the default; /app stays writable), or a writable root'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'

@@ -72,6 +72,11 @@ MemoryOpt = Annotated[
     str | None,
     typer.Option("--memory", metavar="SIZE", help="Memory limit, no extra swap [default: 1g]."),
 ]
+DiskOpt = Annotated[
+    str | None,
+    typer.Option("--disk", metavar="SIZE",
+                 help="Cap on /app's bytes and files, or `unlimited` [default: 1g]."),
+]
 CpusOpt = Annotated[
     float | None, typer.Option("--cpus", metavar="N", help="CPU limit [default: 1].")
 ]
@@ -82,7 +87,8 @@ ReadOnlyOpt = Annotated[
     bool | None,
     typer.Option(
         "--read-only/--writable-root",
-        help="Read-only root filesystem with a tmpfs /tmp (/app stays writable).",
+        help="Read-only root with tmpfs /tmp and /var/tmp (the default; /app stays writable), "
+        "or a writable root.",
     ),
 ]
 RuntimeOpt = Annotated[
@@ -165,12 +171,13 @@ def _resolve_start(
     read_only: bool | None,
     runtime: str | None,
     cap_add: list[str] | None,
+    disk: str | None = None,
 ) -> config.StartOptions:
     flags: dict[str, Any] = {  # None: not given; config.resolve checks every given value
         "image": image, "network": network, "ports": port or None,
         "env": _env_pairs(env) if env else None, "keep": keep, "ttl": ttl, "memory": memory,
         "cpus": cpus, "pids": pids, "read_only": read_only, "runtime": runtime,
-        "cap_add": cap_add or None,
+        "cap_add": cap_add or None, "disk": disk,
     }
     resolved = config.resolve(flags)
     for path in resolved.ignored:
@@ -193,6 +200,7 @@ def start(
     keep: KeepOpt = None,
     ttl: TtlOpt = None,
     memory: MemoryOpt = None,
+    disk: DiskOpt = None,
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
     read_only: ReadOnlyOpt = None,
@@ -202,10 +210,11 @@ def start(
 ) -> None:
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
     options = _resolve_start(
-        image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
+        image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add,
+        disk,
     )
     store = _store()
-    record = sandbox.start(store, options, name, progress=ui.info)
+    record = sandbox.start(store, options, name, progress=ui.info, warn=ui.warn)
     if json_out:
         ui.emit_json(_record_json(record, store))
     else:
@@ -397,6 +406,7 @@ def run(
     port: PortOpt = None,
     env: EnvOpt = None,
     memory: MemoryOpt = None,
+    disk: DiskOpt = None,
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
     read_only: ReadOnlyOpt = None,
@@ -422,14 +432,14 @@ def run(
     patterns = [validate.glob(p) for p in copy or []]
     options = _resolve_start(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
-        cap_add,
+        cap_add, disk,
     )
     forward, tty = execute.stdin_mode()
     if json_out:  # no terminal: stdout and stderr must stay apart
         forward, tty = forward and not sys.stdin.isatty(), False
     store = _store()
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=tty, progress=ui.info)
+                                     stdin=forward, tty=tty, progress=ui.info, warn=ui.warn)
     finished = False
     try:
         if patterns:

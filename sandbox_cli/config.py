@@ -33,8 +33,9 @@ class StartOptions:
     memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
-    read_only: bool = False
-    tmpfs_size: str = "64m"
+    read_only: bool = True
+    tmpfs_size: str = "256m"
+    disk: str = "1g"
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
 
@@ -108,15 +109,14 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "pids": lambda v: validate.pids(_as_int(v)),
     "read_only": _as_bool,
     "tmpfs_size": lambda v: validate.memory(_as_str(v)),
+    "disk": lambda v: validate.disk(_as_str(v)),
     "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
     "cap_add": lambda v: [validate.capability(c) for c in _as_str_list(v)],
 }
 assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
 
 def _size_bytes(text: str) -> float:
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.lower()
-    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    return float("inf") if text == validate.UNLIMITED else validate.size_bytes(text)
 
 
 def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
@@ -133,7 +133,7 @@ def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
             return bool(old) and not value
         if key == "runtime":  # choosing one (e.g. runsc) hardens; dropping or swapping one not
             return old is not None and value != old
-        if key in ("memory", "tmpfs_size"):
+        if key in ("memory", "tmpfs_size", "disk"):
             return _size_bytes(value) > _size_bytes(old)
         if key in ("cpus", "pids"):
             return bool(value > old)

@@ -91,8 +91,8 @@ class RunSpec:
     memory: str = "1g"
     cpus: float = 1.0
     pids_limit: int = 256
-    read_only: bool = False
-    tmpfs_size: str = "64m"
+    read_only: bool = True
+    tmpfs_size: str = "256m"
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
 
@@ -103,7 +103,11 @@ def run_argv(spec: RunSpec) -> list[str]:
     With --rm, Docker removes the container when that sleep ends: expiry needs no daemon of ours.
     """
     sleep_for = SLEEP_FOREVER if spec.ttl_seconds is None else str(spec.ttl_seconds)
-    return [docker_binary(), "run", "-d", "--rm", "--pull", "never", *_container_options(spec),
+    # The main process (init and its sleep) runs as root with no capabilities, and every exec
+    # as the sandbox user (exec_argv's USER): so the code cannot stop, kill or write through
+    # the process that keeps the sandbox alive, nor feed the engine through its output.
+    return [docker_binary(), "run", "-d", "--rm", "--pull", "never",
+            *_container_options(spec, main_user=MAIN_USER),
             "--entrypoint", "sleep", spec.image, sleep_for]
 
 
@@ -111,7 +115,8 @@ def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = 
                 stdin: bool = False, tty: bool = False) -> list[str]:
     """`docker create --rm ...` of a one-shot sandbox whose main process is COMMAND itself
     (run without the image's entrypoint, as exec would). Started with start_attached_argv."""
-    argv = [docker_binary(), "create", "--rm", "--pull", "never", *_container_options(spec)]
+    argv = [docker_binary(), "create", "--rm", "--pull", "never",
+            *_container_options(spec, main_user=spec.user)]
     if workdir:
         argv += ["--workdir", workdir]
     if stdin:
@@ -126,8 +131,17 @@ def start_attached_argv(name: str, *, stdin: bool = False) -> list[str]:
     return [docker_binary(), "start", "--attach", *(["--interactive"] if stdin else []), name]
 
 
-def _container_options(spec: RunSpec) -> list[str]:
-    """The flags every sandbox container gets: identity, labels, lockdown, limits, mount."""
+MAIN_USER = "0:0"
+# Writable places of a read-only root; /tmp is also HOME. Each a tmpfs, whose pages count
+# against the container's memory limit.
+TMPFS_DIRS = ("/tmp", "/var/tmp")
+
+
+def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
+    """The flags every sandbox container gets: identity, labels, lockdown, limits, mount.
+
+    MAIN_USER runs the main process: root (without capabilities) for a sandbox that sleeps,
+    the sandbox user for run's one-shot command."""
     argv = [
         "--name", spec.name, "--hostname", spec.name,
         "--label", f"{LABEL_MANAGED}=1",
@@ -138,12 +152,13 @@ def _container_options(spec: RunSpec) -> list[str]:
         "--network", "bridge" if spec.network else "none",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
-        "--user", spec.user,
+        "--user", main_user,
         "--pids-limit", str(spec.pids_limit),
         "--memory", spec.memory, "--memory-swap", spec.memory,
         "--cpus", f"{spec.cpus:g}",
         "--init",
-        "--log-driver", "json-file", "--log-opt", "max-size=1m", "--log-opt", "max-file=1",
+        "--no-healthcheck",  # an image's HEALTHCHECK would run on the host's CPU, unbounded
+        "--log-driver", "none",  # nobody reads it; json-file costs the host a CPU under a flood
         *(["--env", "HOME=/tmp"] if spec.default_home else []),  # the user's uid has no home
         "--mount", _bind_mount(spec.volume, WORKDIR),
         "--workdir", WORKDIR,
@@ -151,7 +166,9 @@ def _container_options(spec: RunSpec) -> list[str]:
     for cap in spec.cap_add:
         argv += ["--cap-add", cap]
     if spec.read_only:
-        argv += ["--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={spec.tmpfs_size}"]
+        argv.append("--read-only")
+        for directory in TMPFS_DIRS:
+            argv += ["--tmpfs", f"{directory}:rw,nosuid,nodev,size={spec.tmpfs_size},mode=1777"]
     if spec.runtime:
         argv += ["--runtime", spec.runtime]
     for port in spec.ports:
@@ -172,10 +189,14 @@ def _bind_mount(source: str, target: str) -> str:
     return f"type=bind,{field},target={target}"
 
 
-def exec_argv(name: str, command: Sequence[str], *, marker: str, env_file: str | None = None,
-              workdir: str | None = None, stdin: bool = False, tty: bool = False) -> list[str]:
-    """`docker exec` of COMMAND (an argv, never a shell string), tagged with an exec marker."""
+def exec_argv(name: str, command: Sequence[str], *, marker: str, user: str | None = None,
+              env_file: str | None = None, workdir: str | None = None, stdin: bool = False,
+              tty: bool = False) -> list[str]:
+    """`docker exec` of COMMAND (an argv, never a shell string), tagged with an exec marker,
+    as USER (the sandbox user: the container's main process runs as root)."""
     argv = [docker_binary(), "exec"]
+    if user:
+        argv += ["--user", user]
     if stdin:
         argv.append("-i")
     if tty:

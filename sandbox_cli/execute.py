@@ -5,6 +5,7 @@ ends the command inside the container too (killing the docker client alone would
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -198,13 +199,15 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
     from .sandbox import container_ref, require
 
     # By id, not name: a container of the same name from another home is never entered.
-    target = container_ref(require(store, name))
+    record = require(store, name)
+    target = container_ref(record)
+    user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
     forward, tty = stdin_mode()
     if captured:  # no terminal: stdout and stderr must stay apart
         forward, tty = forward and not os.isatty(0), False
     tag = _new_tag()
     with docker.env_file(env) as env_path:
-        argv = docker.exec_argv(target, command, marker=tag.marker, env_file=env_path,
+        argv = docker.exec_argv(target, command, marker=tag.marker, user=user, env_file=env_path,
                                 workdir=workdir, stdin=forward, tty=tty)
         outcome = run(argv, stdin=forward, timeout=timeout,
                       stop=lambda: kill_in_container(target, tag))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from . import docker, validate, volume
+from . import disk, docker, validate, volume
 from .errors import DockerError, ImageError, InvalidInput, NameInUse, SandboxNotFound
 from .state import SandboxRecord, StateStore, iso_after, now_iso
 
@@ -80,6 +80,7 @@ def _remove_folders(store: StateStore, names: Iterable[str]) -> None:
     parent = os.open(store.volumes_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in names:
+            disk.detach(store.disks_dir, store.volume_path(name), name)
             volume.remove_tree(parent, validate.name(name))
     finally:
         os.close(parent)
@@ -106,8 +107,29 @@ class _Prepared:
     env: dict[str, str]  # -e values: they reach docker through a private env file
 
 
+def _cap_folder(store: StateStore, name: str, folder: str, size: str,
+                owner: tuple[int, int], warn: Progress | None) -> None:
+    """Make FOLDER a file system of SIZE (see disk.py), or say why it stays uncapped."""
+    if size == validate.UNLIMITED:
+        return
+    reason = disk.supported()
+    if reason is not None:
+        if warn:
+            warn(f"/app is not capped at {size}: {reason} (set disk: unlimited to accept)")
+        return
+    try:
+        disk.attach(store.disks_dir, folder, name, validate.size_bytes(size), owner)
+    except BaseException:
+        os.rmdir(folder)
+        raise
+
+
+UNCAPPED_ROOT = ("the container's own file system is not capped (--writable-root): docker "
+                 "caps it only on overlay over xfs with pquota")
+
+
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
-             ttl_seconds: int | None) -> _Prepared:
+             ttl_seconds: int | None, warn: Progress | None = None) -> _Prepared:
     """Validate, claim the name and make the folder (owned by the container's user)."""
     if name is not None:
         validate.name(name)
@@ -128,6 +150,9 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         ) from None
     if os.getuid() == 0:
         os.chown(folder, uid, gid)
+    _cap_folder(store, name, folder, options.disk, (uid, gid), warn)
+    if not options.read_only and warn:
+        warn(UNCAPPED_ROOT)
     spec = docker.RunSpec(
         name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
         home_label=store.label, ttl_seconds=ttl_seconds,
@@ -160,7 +185,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         keep=spec.keep, network=options.network,
         ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
-                 "read_only": options.read_only, "runtime": options.runtime,
+                 "read_only": options.read_only, "disk": options.disk,
+                 "runtime": options.runtime,
                  "cap_add": list(options.cap_add)},
     )
     try:
@@ -193,22 +219,23 @@ def _create_container(prepared: _Prepared, env_path: str | None,
 
 
 def start(store: StateStore, options: StartOptions, name: str | None = None,
-          progress: Progress | None = None) -> SandboxRecord:
+          progress: Progress | None = None, warn: Progress | None = None) -> SandboxRecord:
     """Create and start a locked-down container with the sandbox folder mounted at /app."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
-    prepared = _prepare(store, options, name, ttl_seconds)
+    prepared = _prepare(store, options, name, ttl_seconds, warn)
     return _create(store, options, prepared, docker.run_argv, progress)
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
                     name: str | None = None, workdir: str | None = None, stdin: bool = False,
-                    tty: bool = False, progress: Progress | None = None) -> SandboxRecord:
+                    tty: bool = False, progress: Progress | None = None,
+                    warn: Progress | None = None) -> SandboxRecord:
     """`run`'s sandbox: a created, not yet started, container whose main process is COMMAND
     (start it with docker.start_attached_argv; remove it with discard). One container run
     instead of run + exec + rm: the command ends when the container does."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
-    prepared = _prepare(store, options, name, ttl_seconds=None)
+    prepared = _prepare(store, options, name, ttl_seconds=None, warn=warn)
 
     def build(spec: docker.RunSpec) -> list[str]:
         return docker.create_argv(spec, command, workdir=workdir, stdin=stdin, tty=tty)

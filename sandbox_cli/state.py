@@ -148,6 +148,7 @@ class StateStore:
         self.path = os.path.join(self.home, "state.json")
         self.lock_path = os.path.join(self.home, "state.lock")
         self.volumes_dir = os.path.join(self.home, "volumes")
+        self.disks_dir = os.path.join(self.home, "disks")  # size-capped folders' images
 
     @functools.cached_property
     def label(self) -> str:

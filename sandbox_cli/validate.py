@@ -148,6 +148,30 @@ def memory(value: str) -> str:
     return value.lower()
 
 
+UNLIMITED = "unlimited"
+DISK_MIN_BYTES = 16 << 20  # a smaller ext4 image has no room for its own metadata
+
+
+def size_bytes(text: str) -> int:
+    """Bytes in a docker-style size such as 512m, 2g or 1048576 (already validated)."""
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.lower()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))
+
+
+def disk(value: str) -> str:
+    """A disk cap for the sandbox (its /app and, with a writable root, its own filesystem):
+    a size of at least 16m, or `unlimited`."""
+    if value.strip().lower() == UNLIMITED:
+        return UNLIMITED
+    if not _MEMORY_RE.match(value) or size_bytes(value) < DISK_MIN_BYTES:
+        raise InvalidInput(f"invalid disk size {value!r}: expected e.g. 512m or 2g (at least "
+                           "16m), or unlimited")
+    return value.lower()
+
+
 def cpus(value: float) -> float:
     """A positive CPU count (fractions allowed)."""
     if not (0 < value <= 1024):

@@ -32,13 +32,25 @@ def test_run_argv_is_locked_down_by_default() -> None:
         "--label", "sandbox-cli.name=box", "--label", "sandbox-cli.keep=0",
         "--label", "sandbox-cli.expires=2026-01-01T01:00:00Z",
         "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--user", "1000:1000", "--pids-limit", "256", "--memory", "1g", "--memory-swap", "1g",
-        "--cpus", "1", "--init",
-        "--log-driver", "json-file", "--log-opt", "max-size=1m", "--log-opt", "max-file=1",
+        "--user", "0:0", "--pids-limit", "256", "--memory", "1g", "--memory-swap", "1g",
+        "--cpus", "1", "--init", "--no-healthcheck", "--log-driver", "none",
         "--env", "HOME=/tmp",
         "--mount", "type=bind,source=/h/volumes/box,target=/app", "--workdir", "/app",
+        "--read-only",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,size=256m,mode=1777",
+        "--tmpfs", "/var/tmp:rw,nosuid,nodev,size=256m,mode=1777",
         "--entrypoint", "sleep", "python:alpine", "3600",
     ]
+
+
+def test_writable_root_is_a_loosening() -> None:
+    assert "--read-only" not in docker.run_argv(_spec(read_only=False))
+    assert "--tmpfs" not in docker.run_argv(_spec(read_only=False))
+
+
+def test_execs_run_as_the_sandbox_user() -> None:
+    argv = docker.exec_argv("box", ["id"], marker="m", user="1000:1000")
+    assert argv[:4] == [D, "exec", "--user", "1000:1000"]
 
 
 def test_run_argv_loosenings_are_explicit() -> None:
@@ -50,7 +62,7 @@ def test_run_argv_loosenings_are_explicit() -> None:
     joined = " ".join(argv)
     assert "--network bridge" in joined
     assert "--publish 127.0.0.1:8088:80/tcp" in joined
-    assert "--read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m" in joined
+    assert "--read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m" in joined
     assert "--runtime runsc" in joined
     assert "--cap-add NET_BIND_SERVICE" in joined
     assert "--memory 2g --memory-swap 2g --cpus 1.5" in joined
@@ -65,9 +77,11 @@ def test_one_shot_create_and_start() -> None:
     argv = docker.create_argv(_spec(ttl_seconds=None), ["python", "-c", "print(1)"],
                               workdir="/app/src", stdin=True)
     assert argv[:5] == [D, "create", "--rm", "--pull", "never"]
-    assert argv[-10:] == ["--workdir", "/app", "--workdir", "/app/src", "--interactive",
-                          "--entrypoint", "python", "python:alpine", "-c", "print(1)"]
-    assert argv[5:-8] == docker.run_argv(_spec(ttl_seconds=None))[6:-4]
+    assert argv[-8:] == ["--workdir", "/app/src", "--interactive",
+                         "--entrypoint", "python", "python:alpine", "-c", "print(1)"]
+    same = docker.run_argv(_spec(ttl_seconds=None))[6:-4]
+    user = same.index("--user") + 1
+    assert argv[5:-8] == [*same[:user], "1000:1000", *same[user + 1:]]  # the command's own user
     assert "--tty" in docker.create_argv(_spec(), ["sh"], tty=True)
     assert docker.start_attached_argv("box", stdin=True) == [
         D, "start", "--attach", "--interactive", "box"]
