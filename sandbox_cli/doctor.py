@@ -57,7 +57,20 @@ def run_checks(store: StateStore) -> list[dict[str, Any]]:
                          f"`docker pull {image}` (or it is pulled on the first start), or set "
                          "SANDBOX_IMAGE to an image you have"))
     checks.append(_state_check(store))
+    checks.append(_disk_check())
     return checks
+
+
+def _disk_check() -> dict[str, Any]:
+    """Can /app be size-capped here? Not a failure when not: start says so each time."""
+    from .disk import supported
+
+    reason = supported()
+    if reason is None:
+        return _check("disk cap", True, "/app is a size-capped image (--disk, default 1g); "
+                      "the root file system is read-only")
+    return _check("disk cap", True, f"/app is NOT capped: {reason}; set `disk: unlimited` "
+                  "in your config to accept, or run as root")
 
 
 def _state_check(store: StateStore) -> dict[str, Any]:

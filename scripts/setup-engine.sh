@@ -14,6 +14,7 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
+command -v mkfs.ext4 >/dev/null 2>&1 || need_pkgs+=(e2fsprogs)  # size-capped /app folders
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
