@@ -11,6 +11,7 @@ Unmounting checks that what is mounted on the folder is our own image before tou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -77,10 +78,8 @@ def attach(disks_dir: str, folder: str, name: str, size: int, owner: tuple[int, 
     except BaseException:
         os.unlink(image)
         raise
-    try:
+    with contextlib.suppress(OSError):  # harmless if it stays: an empty folder
         os.rmdir(os.path.join(folder, "lost+found"))
-    except OSError:
-        pass  # harmless: an empty folder the code may see
     return image
 
 
@@ -121,7 +120,5 @@ def detach(disks_dir: str, folder: str, name: str) -> None:
             _run([_tool("umount") or "umount", folder])
         except DiskError:
             _run([_tool("umount") or "umount", "--lazy", folder])  # busy: detach now, free later
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(image)
-    except FileNotFoundError:
-        pass

@@ -18,7 +18,8 @@ from sandbox_cli import disk
 from tests.conftest import BUSYBOX_IMAGE, Runner, docker_inspect
 
 
-def sh(sandbox: Runner, name: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def sh(sandbox: Runner, name: str, script: str,
+       timeout: float = 120) -> subprocess.CompletedProcess:
     return sandbox("exec", name, "sh", "-c", script, timeout=timeout)
 
 
