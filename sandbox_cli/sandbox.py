@@ -10,12 +10,19 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from . import disk, docker, validate, volume
-from .errors import DockerError, ImageError, InvalidInput, NameInUse, SandboxNotFound
+from . import acl, disk, docker, validate, volume
+from .errors import (
+    DockerError,
+    ImageError,
+    InvalidInput,
+    NameInUse,
+    SandboxNotFound,
+    UnsafePath,
+)
 from .state import SandboxRecord, StateStore, iso_after, now_iso
 
 if TYPE_CHECKING:  # an annotation only: exec, read and write need not import config
@@ -27,13 +34,38 @@ ORPHAN_MIN_AGE_SECONDS = 60  # a folder this young may belong to a start still i
 Progress = Callable[[str], None]
 
 
-def container_user() -> tuple[int, int]:
-    """The uid:gid the container runs as: the host user's, or nobody when the host user is root.
+def _make_folder(store: StateStore, name: str, disk_size: str,
+                 warn: Progress | None) -> tuple[int, int]:
+    """Create NAME's folder; returns the uid:gid the code will run as.
 
-    Either way the host user can read and delete everything the container leaves behind.
-    """
-    uid, gid = os.getuid(), os.getgid()
-    return NOBODY if uid == 0 else (uid, gid)
+    Never your own uid: the code would spend your per-user kernel quotas (inotify instances,
+    processes, pipe buffers). As root, the folder is handed to nobody (65534) and size-capped;
+    as another user, nobody shares it with you through ACLs (acl.py), and only on a file system
+    without ACLs does the code run as you (said on stderr)."""
+    folder = store.volume_path(name)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        raise NameInUse(
+            f"the name {name!r} is taken (a sandbox by that name exists or is starting)"
+        ) from None
+    if os.getuid() == 0:
+        os.chown(folder, *NOBODY)
+        os.chmod(folder, 0o755)
+        _cap_folder(store, name, folder, disk_size, NOBODY, warn)
+        return NOBODY
+    _cap_folder(store, name, folder, disk_size, NOBODY, warn)  # says why it is not capped
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        acl.share(fd, [os.getuid(), NOBODY[0]])
+        return NOBODY
+    except OSError as exc:
+        if warn:
+            warn(f"the code runs as your own uid: {store.volumes_dir} has no ACLs "
+                 f"({exc.strerror})")
+        return os.getuid(), os.getgid()
+    finally:
+        os.close(fd)
 
 
 def file_owner(record: SandboxRecord) -> tuple[int, int] | None:
@@ -62,7 +94,7 @@ def forget_expired(store: StateStore) -> list[str]:
         for name in gone:
             del records[name]
     _remove_containers([container_ref(rec) for rec in gone.values()])
-    _remove_folders(store, gone)
+    _remove_folders(store, gone, {name: rec.image for name, rec in gone.items()})
     return list(gone)
 
 
@@ -73,7 +105,10 @@ def container_ref(record: SandboxRecord) -> str:
     return cid if re.fullmatch(r"[0-9a-f]{12,64}", cid) else record.name
 
 
-def _remove_folders(store: StateStore, names: Iterable[str]) -> None:
+def _remove_folders(store: StateStore, names: Iterable[str],
+                    images: Mapping[str, str] | None = None) -> None:
+    """Unmount and delete the folders of NAMES (their containers are gone). IMAGES names each
+    sandbox's image, for a folder whose code locked you out of its own files (see _unlock)."""
     names = list(names)
     if not names or not os.path.isdir(store.volumes_dir):
         return
@@ -81,9 +116,39 @@ def _remove_folders(store: StateStore, names: Iterable[str]) -> None:
     try:
         for name in names:
             disk.detach(store.disks_dir, store.volume_path(name), name)
-            volume.remove_tree(parent, validate.name(name))
+            try:
+                volume.remove_tree(parent, validate.name(name))
+            except PermissionError:
+                _unlock(store, name, (images or {}).get(name))
+                volume.remove_tree(parent, name)
     finally:
         os.close(parent)
+
+
+def _unlock(store: StateStore, name: str, image: str | None) -> None:
+    """Make a folder removable again whose code (not you, see _make_folder) took your access
+    to its own files away: chmod them, as their owner, in a throwaway container of the
+    sandbox's image that sees the folder alone (no network, no capabilities, read-only)."""
+    folder = store.volume_path(name)
+    failure = f"cannot remove {folder}: the sandbox's code locked its files; as root: rm -rf"
+    if os.getuid() == 0 or not image:
+        raise UnsafePath(f"{failure} {folder}")
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:  # a chmod of ours during the first attempt may have cut the sandbox user out
+        acl.share(fd, [os.getuid(), NOBODY[0]])
+    finally:
+        os.close(fd)
+    spec = docker.RunSpec(name=f"{name}-unlock-{os.urandom(3).hex()}", image=image,
+                          volume=folder, user=f"{NOBODY[0]}:{NOBODY[1]}",
+                          home_label=store.label, ttl_seconds=None, memory="128m", pids_limit=16)
+    # find visits a folder before it reads it (chmod -R gives up at a folder it cannot read),
+    # and /app itself is yours, so only what is below it.
+    argv = docker.create_argv(spec, ["find", docker.WORKDIR, "-mindepth", "1", "-exec",
+                                     "chmod", "a+rwX", "{}", ";"])
+    argv[argv.index("create")] = "run"
+    proc = docker.run_docker(argv, check=False)
+    if proc.returncode != 0:
+        raise UnsafePath(f"{failure} {folder} (the image's find/chmod failed)")
 
 
 def require(store: StateStore, name: str) -> SandboxRecord:
@@ -141,16 +206,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     if store.get(name) is not None:
         raise NameInUse(f"a sandbox named {name!r} already exists")
     folder = store.volume_path(name)
-    uid, gid = container_user()
-    try:
-        os.mkdir(folder, 0o755 if os.getuid() == 0 else 0o700)
-    except FileExistsError:
-        raise NameInUse(
-            f"the name {name!r} is taken (a sandbox by that name exists or is starting)"
-        ) from None
-    if os.getuid() == 0:
-        os.chown(folder, uid, gid)
-    _cap_folder(store, name, folder, options.disk, (uid, gid), warn)
+    uid, gid = _make_folder(store, name, options.disk, warn)
     if not options.read_only and warn:
         warn(UNCAPPED_ROOT)
     spec = docker.RunSpec(
@@ -470,7 +526,9 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     live = [n for n in targets if n in containers]
     if live:
         _remove_containers(live)
-    _remove_folders(store, targets)
+    images = {n: str(box.get("Image", "")) for n, box in containers.items()}
+    images.update({n: rec.image for n, rec in records.items()})
+    _remove_folders(store, targets, images)
     if any(n in records for n in targets):
         with store.transaction() as current:
             for name in targets:

@@ -28,7 +28,10 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_PREFIX = ".sandbox-tmp-"
 NAME_MAX = 255  # bytes in one name (Linux)
 PATH_MAX = 4096  # bytes in a path with its NUL: the container cannot name anything longer
-COPY_MODE_MASK = 0o755  # permission bits copy-to keeps (no setuid, setgid, sticky, group/other w)
+COPY_MODE_MASK = 0o775  # permission bits copy-to keeps (no setuid, setgid, sticky, other w)
+# Group bits rw: with the folder's ACLs (acl.py) they are the mask that lets the sandbox user
+# (not you, unless you are root) change what you put there.
+FILE_MODE, DIR_MODE = 0o664, 0o775
 _SHOWN_MAX = 160  # characters of a path quoted in a message
 
 
@@ -152,7 +155,7 @@ class DirWalker:
         name = parts[-1]
         if create:
             try:
-                os.mkdir(name, 0o755, dir_fd=parent)
+                os.mkdir(name, DIR_MODE, dir_fd=parent)
                 if self.owner is not None:
                     os.chown(name, *self.owner, dir_fd=parent, follow_symlinks=False)
             except FileExistsError:
@@ -260,7 +263,7 @@ def _new_temp(dir_fd: int, owner: tuple[int, int] | None) -> tuple[int, str]:
         tmp = _TMP_PREFIX + os.urandom(8).hex()  # as secrets.token_hex, without its import
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o644, dir_fd=dir_fd)
+                         FILE_MODE, dir_fd=dir_fd)
         except FileExistsError:
             continue
         if owner is not None:
@@ -340,7 +343,7 @@ def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, si
         try:
             _copy_range(src_fd, fd, size)
             if mode is not None:  # after any fchown (which would clear set-id bits anyway)
-                os.fchmod(fd, stat.S_IMODE(mode) & COPY_MODE_MASK)
+                os.fchmod(fd, (stat.S_IMODE(mode) & COPY_MODE_MASK) | 0o060)
         except BaseException:
             os.close(fd)
             _unlink_quietly(parent, tmp)
