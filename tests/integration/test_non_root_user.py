@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, Runner
+from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_USER = "sandbox-test-user"
