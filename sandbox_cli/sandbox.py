@@ -162,6 +162,7 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "runtime": options.runtime,
                  "cap_add": list(options.cap_add)},
+        workspace=store.bind_workspace(name),
     )
     try:
         with store.transaction() as records:
@@ -367,7 +368,7 @@ def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
             "container_id": rec.container_id if rec else str(box.get("ID", "")) if box else "",
             "image": rec.image if rec else str(box.get("Image", "")) if box else "",
             "status": str(box.get("State", "unknown")) if box else "missing",
-            "volume": store.volume_path(name),
+            "volume": store.workspace_path(rec) if rec else store.volume_path(name),
             "network": rec.network if rec else False,
             "ports": rec.ports if rec else [],
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
