@@ -63,7 +63,7 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --cpus \
-                        --pids-limit --runtime --cap-add
+                        --pids-limit --tmpfs-size --runtime --cap-add
                     set files
                     set args
                 case exec
@@ -100,7 +100,7 @@ function __sandbox_state
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --memory --cpus --pids-limit \
-                        --runtime --cap-add --copy --timeout --workdir -w
+                        --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -185,6 +185,7 @@ complete -c sandbox -n '__sandbox_options start' -l memory -x -d 'Memory limit, 
 complete -c sandbox -n '__sandbox_options start' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options start' -l pids-limit -x -d 'Process limit [default: 256]'
 complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -d 'Read-only root filesystem with a tmpfs /tmp (/app stays writable)'
+complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
@@ -239,6 +240,7 @@ complete -c sandbox -n '__sandbox_options run' -l memory -x -d 'Memory limit, no
 complete -c sandbox -n '__sandbox_options run' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options run' -l pids-limit -x -d 'Process limit [default: 256]'
 complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 'Read-only root filesystem with a tmpfs /tmp (/app stays writable)'
+complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'

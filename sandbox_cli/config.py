@@ -194,18 +194,22 @@ def _read_text(path: str, *, follow: bool, ours_only: bool) -> str | None:
     Without FOLLOW a link at PATH is refused. With OURS_ONLY, None when the file is not
     owned by us or root."""
     try:
+        if ours_only and os.lstat(path).st_uid not in (os.getuid(), 0):
+            return None  # another user's entry (a link, a FIFO...): ignored, not an error
         fd = os.open(path, _NONBLOCKING | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"{path}: is a symbolic link; a project file must be a "
                               "regular file") from None
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if ours_only and info.st_uid not in (os.getuid(), 0):  # swapped since the lstat
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        if ours_only and info.st_uid not in (os.getuid(), 0):
-            return None
         if info.st_size > CONFIG_MAX_BYTES:
             raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES >> 20} MiB; "
                               "not a settings file")
