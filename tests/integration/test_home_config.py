@@ -90,3 +90,19 @@ def test_a_project_file_choosing_the_image_is_announced_in_words(
                            f"image {BUSYBOX_IMAGE}, network on, memory 2g"]
     finally:
         sandbox("purge", "t-announce")
+
+
+def test_another_users_planted_project_entry_is_ignored_not_fatal(
+        sandbox: Runner, home: Path, tmp_path: Path,
+        fake_docker: tuple[Path, dict[str, str]]) -> None:
+    """A link or FIFO named sandbox.yaml planted above our folder by another user (in /tmp,
+    say) must neither hang nor block our start: it is ignored with a warning."""
+    log, env = fake_docker
+    shared = tmp_path / "shared"
+    (shared / "work").mkdir(parents=True)
+    (shared / "sandbox.yaml").symlink_to("/proc/kmsg")
+    os.lchown(shared / "sandbox.yaml", 65534, 65534)
+    proc = sandbox("start", "--image", BUSYBOX_IMAGE, env=env, cwd=shared / "work", timeout=20)
+    err = proc.stderr.decode()
+    assert f"ignoring {shared}/sandbox.yaml: it is owned by another user" in err
+    assert log.exists()  # went on to docker (the stand-in fails it)
