@@ -35,10 +35,10 @@ _sandbox_spec() {
             ;;
         start)
             flags=(--name --image --network --no-network --port -p --env -e --keep --no-keep
-              --ttl --memory --disk --cpus --pids-limit --read-only --writable-root --runtime
-              --cap-add --json --help -h)
+              --ttl --memory --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size
+              --runtime --cap-add --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --runtime --cap-add)
+              --tmpfs-size --runtime --cap-add)
             files=()
             args=()
             ;;
@@ -92,10 +92,10 @@ _sandbox_spec() {
             ;;
         run)
             flags=(--name --image --network --no-network --port -p --env -e --memory --disk
-              --cpus --pids-limit --read-only --writable-root --runtime --cap-add --copy
-              --timeout --workdir -w --json --help -h)
+              --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime --cap-add
+              --copy --timeout --workdir -w --json --help -h)
             valued=(--name --image --port -p --env -e --memory --disk --cpus --pids-limit
-              --runtime --cap-add --copy --timeout --workdir -w)
+              --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;

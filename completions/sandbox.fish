@@ -63,7 +63,7 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --runtime --cap-add
+                        --pids-limit --tmpfs-size --runtime --cap-add
                     set files
                     set args
                 case exec
@@ -100,7 +100,8 @@ function __sandbox_state
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --memory --disk --cpus \
-                        --pids-limit --runtime --cap-add --copy --timeout --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --copy --timeout \
+                        --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -186,6 +187,7 @@ complete -c sandbox -n '__sandbox_options start' -l disk -x -d 'Cap on /app\'s b
 complete -c sandbox -n '__sandbox_options start' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options start' -l pids-limit -x -d 'Process limit [default: 256]'
 complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -d 'Read-only root with tmpfs /tmp and /var/tmp (the default; /app stays writable), or a writable root'
+complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
@@ -241,6 +243,7 @@ complete -c sandbox -n '__sandbox_options run' -l disk -x -d 'Cap on /app\'s byt
 complete -c sandbox -n '__sandbox_options run' -l cpus -x -d 'CPU limit [default: 1]'
 complete -c sandbox -n '__sandbox_options run' -l pids-limit -x -d 'Process limit [default: 256]'
 complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 'Read-only root with tmpfs /tmp and /var/tmp (the default; /app stays writable), or a writable root'
+complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'

@@ -91,6 +91,11 @@ ReadOnlyOpt = Annotated[
         "or a writable root.",
     ),
 ]
+TmpfsSizeOpt = Annotated[
+    str | None,
+    typer.Option("--tmpfs-size", metavar="SIZE",
+                 help="Size of the tmpfs /tmp of --read-only [default: 64m]."),
+]
 RuntimeOpt = Annotated[
     str | None,
     typer.Option("--runtime", metavar="RUNTIME", help="OCI runtime, e.g. runsc for gVisor."),
@@ -136,7 +141,7 @@ def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
         "container_id": record.container_id,
         "image": record.image,
         "status": "running",
-        "volume": store.volume_path(record.name),
+        "volume": store.workspace_path(record),
         "network": record.network,
         "ports": record.ports,
         "keep": record.keep,
@@ -171,20 +176,21 @@ def _resolve_start(
     read_only: bool | None,
     runtime: str | None,
     cap_add: list[str] | None,
+    tmpfs_size: str | None = None,
     disk: str | None = None,
 ) -> config.StartOptions:
     flags: dict[str, Any] = {  # None: not given; config.resolve checks every given value
         "image": image, "network": network, "ports": port or None,
         "env": _env_pairs(env) if env else None, "keep": keep, "ttl": ttl, "memory": memory,
         "cpus": cpus, "pids": pids, "read_only": read_only, "runtime": runtime,
-        "cap_add": cap_add or None, "disk": disk,
+        "cap_add": cap_add or None, "tmpfs_size": tmpfs_size, "disk": disk,
     }
     resolved = config.resolve(flags)
     for path in resolved.ignored:
         ui.warn(f"ignoring {path}: it is owned by another user")
     if resolved.loosened_by_project:
         project = resolved.files[-1]
-        settings = ", ".join(f"{key}={getattr(resolved.options, key)!r}"
+        settings = ", ".join(config.describe(key, getattr(resolved.options, key))
                              for key in resolved.loosened_by_project)
         ui.warn(f"{project} loosens the defaults: {settings}")
     return resolved.options
@@ -204,6 +210,7 @@ def start(
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
     read_only: ReadOnlyOpt = None,
+    tmpfs_size: TmpfsSizeOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
     json_out: JsonOpt = False,
@@ -211,7 +218,7 @@ def start(
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
     options = _resolve_start(
         image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add,
-        disk,
+        tmpfs_size, disk,
     )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info, warn=ui.warn)
@@ -410,6 +417,7 @@ def run(
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
     read_only: ReadOnlyOpt = None,
+    tmpfs_size: TmpfsSizeOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
     copy: Annotated[
@@ -432,7 +440,7 @@ def run(
     patterns = [validate.glob(p) for p in copy or []]
     options = _resolve_start(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
-        cap_add, disk,
+        cap_add, tmpfs_size, disk,
     )
     forward, tty = execute.stdin_mode()
     if json_out:  # no terminal: stdout and stderr must stay apart

@@ -7,7 +7,9 @@ variables < command-line flags. PyYAML is imported only when a file exists.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -100,15 +102,15 @@ def _check_ttl(value: Any) -> str:
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "image": lambda v: validate.image(_as_str(v)),
     "network": _as_bool,
-    "ports": lambda v: [validate.port(p) for p in _as_str_list(v)],
+    "ports": lambda v: validate.distinct_ports([validate.port(p) for p in _as_str_list(v)]),
     "env": _as_env,
     "ttl": _check_ttl,
     "keep": _as_bool,
     "memory": lambda v: validate.memory(_as_str(v)),
-    "cpus": lambda v: validate.cpus(_as_float(v)),
+    "cpus": lambda v: validate.host_cpus(validate.cpus(_as_float(v))),
     "pids": lambda v: validate.pids(_as_int(v)),
     "read_only": _as_bool,
-    "tmpfs_size": lambda v: validate.memory(_as_str(v)),
+    "tmpfs_size": lambda v: validate.tmpfs_size(_as_str(v)),
     "disk": lambda v: validate.disk(_as_str(v)),
     "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
     "cap_add": lambda v: [validate.capability(c) for c in _as_str_list(v)],
@@ -121,10 +123,13 @@ def _size_bytes(text: str) -> float:
 
 def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
     """The settings of a project file that loosen what the layers below it chose: more
-    network, capabilities, ports, lifetime or resources, or a hardening undone. A project file
-    comes with the code you run, so these are announced rather than taken silently."""
+    network, capabilities, ports, lifetime or resources, a hardening undone, or another image
+    (it may come from `build-repo` of an untrusted repository). A project file comes with the
+    code you run, so these are announced rather than taken silently."""
     def looser(key: str, value: Any) -> bool:
         old = getattr(lower, key)
+        if key == "image":
+            return bool(value != old)
         if key in ("network", "keep"):
             return bool(value) and not old
         if key in ("ports", "cap_add"):
@@ -144,6 +149,24 @@ def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
     return [key for key, value in project.items() if looser(key, value)]
 
 
+_WORDS = {"read_only": "read-only root", "cap_add": "capabilities", "pids": "process limit",
+          "tmpfs_size": "tmpfs size"}
+
+
+def describe(key: str, value: Any) -> str:
+    """KEY=VALUE in plain words for a message: 'network on', 'memory 4g', 'ports 8080:80'."""
+    word = _WORDS.get(key, key.replace("_", " "))
+    if isinstance(value, bool):
+        return f"{word} {'on' if value else 'off'}"
+    if value is None:
+        return f"{word} none"
+    if isinstance(value, list):
+        return f"{word} {' '.join(str(v) for v in value) or 'none'}"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{word} {value}"
+
+
 def user_config_path() -> str:
     """~/.config/sandbox-cli/config.yaml (or under $XDG_CONFIG_HOME)."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
@@ -155,7 +178,7 @@ def find_project_file(start: str | None = None) -> str | None:
     here = os.path.abspath(start or os.getcwd())
     while True:
         candidate = os.path.join(here, PROJECT_FILE)
-        if os.path.isfile(candidate):
+        if os.path.lexists(candidate):  # whatever it is: read_file refuses all but a file
             return candidate
         parent = os.path.dirname(here)
         if parent == here:
@@ -163,19 +186,66 @@ def find_project_file(start: str | None = None) -> str | None:
         here = parent
 
 
+CONFIG_MAX_BYTES = 1 << 20  # a settings file is a few lines; bounds what a hostile one costs
+_NONBLOCKING = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _read_text(path: str, *, follow: bool, ours_only: bool) -> str | None:
+    """The text of the regular file PATH, at most CONFIG_MAX_BYTES, opened without blocking
+    (a FIFO or a device never hangs us) and checked on the open descriptor.
+    Without FOLLOW a link at PATH is refused. With OURS_ONLY, None when the file is not
+    owned by us or root."""
+    try:
+        if ours_only and os.lstat(path).st_uid not in (os.getuid(), 0):
+            return None  # another user's entry (a link, a FIFO...): ignored, not an error
+        fd = os.open(path, _NONBLOCKING | (0 if follow else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path}: is a symbolic link; a project file must be a "
+                              "regular file") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if ours_only and info.st_uid not in (os.getuid(), 0):  # swapped since the lstat
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > CONFIG_MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES >> 20} MiB; "
+                              "not a settings file")
+        try:
+            # At most the size it had when opened: /proc and /sys files (such as /proc/kmsg,
+            # whose reads consume the kernel's log) say 0 and are never read at all.
+            data = handle.read(info.st_size) if info.st_size else b""
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
 def read_file(path: str, *, ours_only: bool = False) -> dict[str, Any] | None:
-    """Parse and check one YAML config file; errors name the file and the line. With
-    OURS_ONLY, None when the opened file is not owned by us or root (checked on the open file,
-    so a link or a swap cannot slip another user's file in)."""
+    """Parse and check one YAML config file; errors name the file and the line.
+
+    OURS_ONLY marks a project file: it must not be a link, and None comes back when it is not
+    owned by us or root (checked on the open file, so a swap cannot slip another user's file
+    in). A user file may be a link (dotfile managers make them), to a regular file only.
+    """
+    text = _read_text(path, follow=not ours_only, ours_only=ours_only)
+    if text is None:
+        return None
+    try:
+        return _parse(path, text)
+    except RecursionError:  # PyYAML's composer and constructor recurse once per level
+        raise ConfigError(f"{path}: nested too deeply to be a settings file") from None
+
+
+def _parse(path: str, text: str) -> dict[str, Any]:
     import yaml  # only when a config file exists: keeps it off the hot path
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if ours_only and os.fstat(handle.fileno()).st_uid not in (os.getuid(), 0):
-                return None
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -242,7 +312,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
     loosened: list[str] = []
     ignored: list[str] = []
     user_file = user_config_path()
-    if os.path.isfile(user_file):
+    if os.path.lexists(user_file):
         options = _apply(options, read_file(user_file) or {})
         files.append(user_file)
     project_file = find_project_file(cwd)

@@ -84,3 +84,6 @@ def _state_check(store: StateStore) -> dict[str, Any]:
     except OSError as exc:
         return _check("state folder", False, f"{store.home}: {exc.strerror}",
                       "set SANDBOX_HOME to a writable folder")
+    except SandboxError as exc:  # not ours, or a link: refused before anything is written
+        return _check("state folder", False, exc.message,
+                      "set SANDBOX_HOME to a folder of your own")

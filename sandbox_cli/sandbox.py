@@ -183,7 +183,7 @@ def _cap_folder(store: StateStore, name: str, folder: str, size: str,
             warn(f"/app is not capped at {size}: {reason} (set disk: unlimited to accept)")
         return
     try:
-        disk.attach(store.disks_dir, folder, name, validate.size_bytes(size), owner)
+        disk.attach(store.disks_dir, folder, name, int(validate.size_bytes(size)), owner)
     except BaseException:
         os.rmdir(folder)
         raise
@@ -244,6 +244,7 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
                  "read_only": options.read_only, "disk": options.disk,
                  "runtime": options.runtime,
                  "cap_add": list(options.cap_add)},
+        workspace=store.bind_workspace(name),
     )
     try:
         with store.transaction() as records:
@@ -450,7 +451,7 @@ def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
             "container_id": rec.container_id if rec else str(box.get("ID", "")) if box else "",
             "image": rec.image if rec else str(box.get("Image", "")) if box else "",
             "status": str(box.get("State", "unknown")) if box else "missing",
-            "volume": store.volume_path(name),
+            "volume": store.workspace_path(rec) if rec else store.volume_path(name),
             "network": rec.network if rec else False,
             "ports": rec.ports if rec else [],
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",

@@ -6,29 +6,58 @@ replaced file is always whole. Nothing read from disk is trusted: a file that do
 (including one nested too deep for the parser) reads as empty and is moved aside by the next
 writer; entries with a bad name or a wrongly typed field are dropped; only real JSON booleans
 count as true; option values nested deeper than a list of scalars are left out (so saving never
-recurses into them); and volume paths are always derived from the name, never taken from the file.
+recurses into them).
+
+Each record names its workspace ({"kind": "bind", "path": ...}; the kind leaves room for an
+engine-side volume later). A recorded path is used only when it is exactly this home's
+volumes/NAME; anything else drops the entry, so a path is never followed out of the home.
+Records of the old format (no workspace) derive it from the name, as before.
+
+The home is private to the user and checked before anything in it is read or written: the
+home, volumes/, state.json and state.lock must be owned by the user and not links (refused
+with one line naming the path and its owner, exit 2), and are tightened to 0700/0600 when an
+older version left them wider. Every folder above the home must belong to the user or root and
+not be writable by others (unless sticky, as /tmp), so nobody else can swap the home while we
+use it. The lock is opened O_NOFOLLOW relative to the home's descriptor and waited for with a
+deadline; temporary files are created O_EXCL|O_NOFOLLOW under unpredictable names there too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from . import validate
-from .errors import InvalidInput
+from .errors import EXIT_HOST, InvalidInput, SandboxError
 
 SCHEMA_VERSION = 1
 EXPIRY_GRACE_SECONDS = 5  # the container's sleep starts a moment after we record created_at
 _SCALARS = (str, int, float, bool, type(None))
 # json.loads raises RecursionError (not ValueError) on input nested deeper than it can parse.
 _UNPARSABLE = (ValueError, RecursionError)
+STATE_MAX_BYTES = 64 << 20  # far above any real state file; bounds what a load may read
+LOCK_TIMEOUT_SECONDS = 30.0  # writers hold the lock for milliseconds (no docker call inside)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class UnsafeHome(InvalidInput):
+    """A part of the sandbox home is not the user's own, or is a link: nothing there is used."""
+
+
+class LockBusy(SandboxError):
+    """The state lock stayed taken past its deadline."""
+
+    exit_code = EXIT_HOST
 
 
 def home_dir() -> str:
@@ -81,6 +110,7 @@ class SandboxRecord:
     env_keys: list[str] = field(default_factory=list)
     user: str = ""
     options: dict[str, object] = field(default_factory=dict)
+    workspace: dict[str, str] | None = None  # {"kind": "bind", "path": HOST_FOLDER}
 
     def expired(self, now: float | None = None) -> bool:
         """True once the TTL (plus a small grace) has passed."""
@@ -113,6 +143,7 @@ class SandboxRecord:
                 env_keys=_texts(data.get("env_keys", [])),
                 user=_text(data.get("user", "")),
                 options=_flat_options(data.get("options", {})),
+                workspace=_workspace(data.get("workspace")),
             )
         except (KeyError, TypeError, ValueError, InvalidInput):
             return None
@@ -131,6 +162,15 @@ def _texts(value: object) -> list[str]:
     return [_text(item) for item in value]
 
 
+def _workspace(value: object) -> dict[str, str] | None:
+    """A workspace entry: None (old format) or an object of exactly kind and path, strings."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"kind", "path"}:
+        raise TypeError("expected {kind, path}")
+    return {"kind": _text(value["kind"]), "path": _text(value["path"])}
+
+
 def _flat_options(value: object) -> dict[str, object]:
     """OPTIONS with only the values we write (scalars, lists of scalars): nothing deep."""
     if not isinstance(value, dict):
@@ -140,15 +180,101 @@ def _flat_options(value: object) -> dict[str, object]:
             or (isinstance(item, list) and all(isinstance(x, _SCALARS) for x in item))}
 
 
+def lock_timeout() -> float:
+    """Seconds to wait for the state lock: $SANDBOX_LOCK_TIMEOUT, else LOCK_TIMEOUT_SECONDS."""
+    raw = os.environ.get("SANDBOX_LOCK_TIMEOUT", "")
+    if not raw:
+        return LOCK_TIMEOUT_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 10**6:
+        raise InvalidInput(f"SANDBOX_LOCK_TIMEOUT={raw!r}: expected a positive number of seconds")
+    return seconds
+
+
+def _owner(uid: int) -> str:
+    """'alice (uid 1001)', or 'uid 1001' for a uid without a name."""
+    import pwd  # only on the refusal path
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _refuse(path: str, why: str) -> UnsafeHome:
+    return UnsafeHome(f"refusing sandbox home {path}: {why}; nothing there was read or "
+                      "written (use a SANDBOX_HOME of your own)")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _check_own(info: os.stat_result, path: str) -> None:
+    """Refuse PATH unless the user owns it."""
+    if info.st_uid != os.getuid():
+        raise _refuse(path, f"it is owned by {_owner(info.st_uid)}, not by you")
+
+
+def _check_parents(home: str) -> None:
+    """Every real folder above HOME belongs to us or root and is not writable by others
+    (sticky ones, such as /tmp, excepted): else someone could swap the home under us."""
+    here = os.path.realpath(os.path.dirname(home))
+    while True:
+        try:
+            info = os.stat(here)
+        except FileNotFoundError:  # not there yet: ensure_dirs makes it, as ours
+            here = os.path.dirname(here)
+            continue
+        if info.st_uid not in (0, os.getuid()):
+            raise _refuse(home, f"its parent {here} is owned by {_owner(info.st_uid)}")
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            raise _refuse(home, f"its parent {here} is writable by every user")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+
+
+def _lock_holder(fd: int) -> str:
+    """' (held by pid N, NAME)' from /proc/locks for the lock file FD, or '' when unknown."""
+    info = os.fstat(fd)
+    key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read(1 << 20).splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or key not in parts:  # '->' marks a waiter, not the holder
+            continue
+        pid = parts[parts.index(key) - 1]
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
+                return f" (held by pid {pid}, {handle.read(64).strip()})"
+        except OSError:
+            return f" (held by pid {pid})"
+    return ""
+
+
 class StateStore:
     """The state file and the volumes folder of one sandbox home."""
 
     def __init__(self, home: str | None = None) -> None:
-        self.home = home or home_dir()
+        self.home = os.path.abspath(home or home_dir())
         self.path = os.path.join(self.home, "state.json")
         self.lock_path = os.path.join(self.home, "state.lock")
         self.volumes_dir = os.path.join(self.home, "volumes")
         self.disks_dir = os.path.join(self.home, "disks")  # size-capped folders' images
+        self._checked = False  # the home and its parts passed the checks once
 
     @functools.cached_property
     def label(self) -> str:
@@ -156,20 +282,128 @@ class StateStore:
         return home_label(self.home)
 
     def volume_path(self, name: str) -> str:
-        """The host folder of sandbox NAME (derived, never read from the file)."""
+        """The host folder a sandbox named NAME gets: volumes/NAME."""
         return os.path.join(self.volumes_dir, validate.name(name))
 
+    def bind_workspace(self, name: str) -> dict[str, str]:
+        """The workspace entry of a new sandbox NAME: a bind of volumes/NAME."""
+        return {"kind": "bind", "path": self.volume_path(name)}
+
+    def workspace_path(self, record: SandboxRecord) -> str:
+        """RECORD's host folder, read from its record (load() kept only records whose
+        workspace is this home's volumes/NAME, so this never leaves the home)."""
+        workspace = record.workspace or self.bind_workspace(record.name)
+        if workspace != self.bind_workspace(record.name):  # a record built in code, not loaded
+            raise _refuse(workspace.get("path", "?"), "not this home's volumes folder")
+        return workspace["path"]
+
     def ensure_dirs(self) -> None:
-        """Create the home and volumes folders (private to the user)."""
-        os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
+        """Create the home and volumes folders (private to the user), checking them."""
+        os.close(self._open_home(create=True))
+
+    # --- the checks ---------------------------------------------------------------------
+
+    def _open_home(self, create: bool) -> int:
+        """A descriptor of the checked home; FileNotFoundError when it is missing and not
+        CREATE. Checks (and tightens) every part the first time; later calls re-check only
+        the home itself, which nobody else can change once it is ours and private."""
+        if not self._checked:
+            _check_parents(self.home)
+        if create:
+            os.makedirs(os.path.dirname(self.home), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.home, 0o700)
+        fd = self._open_dir(self.home, None)
+        try:
+            if not self._checked or create:
+                self._check_parts(fd, create)
+                self._checked = True
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_dir(self, path: str, dir_fd: int | None) -> int:
+        """Open the folder PATH (relative to DIR_FD) without following a link, owned by us,
+        and make it private (0700) if an older version left it wider."""
+        shown = path if dir_fd is None else os.path.join(self.home, path)
+        try:
+            fd = os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                info = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+                raise _refuse(shown, f"it is {_kind(info.st_mode)}") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            _check_own(info, shown)
+            if info.st_mode & 0o077:
+                os.fchmod(fd, 0o700)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_parts(self, home_fd: int, create: bool) -> None:
+        """volumes/, state.json and state.lock, where present: ours, not links, private."""
+        try:
+            os.close(self._open_dir("volumes", home_fd))
+        except FileNotFoundError:
+            if create:
+                os.mkdir("volumes", 0o700, dir_fd=home_fd)
+                os.close(self._open_dir("volumes", home_fd))
+        for name in ("state.json", "state.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.close(self._open_file(name, home_fd))
+
+    def _open_file(self, name: str, home_fd: int, flags: int = _FILE_FLAGS) -> int:
+        """Open NAME in the home (never through a link, never blocking), checked on the open
+        descriptor: a regular file of ours, made 0600 if it was wider."""
+        shown = os.path.join(self.home, name)
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=home_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _refuse(shown, "it is a symbolic link") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO):  # a folder; a socket
+                raise _refuse(shown, "it is not a regular file") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _refuse(shown, f"it is {_kind(info.st_mode)}")
+            _check_own(info, shown)
+            if info.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _read_state(self, home_fd: int) -> bytes | None:
+        """The state file's bytes (at most STATE_MAX_BYTES), or None when there is none."""
+        try:
+            fd = self._open_file("state.json", home_fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(STATE_MAX_BYTES)
 
     def load(self) -> dict[str, SandboxRecord]:
         """All valid records, without locking (the file is replaced atomically)."""
         try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read()
+            home_fd = self._open_home(create=False)
         except FileNotFoundError:
             return {}
+        try:
+            raw = self._read_state(home_fd)
+        finally:
+            os.close(home_fd)
+        return {} if raw is None else self._parse(raw)
+
+    def _parse(self, raw: bytes) -> dict[str, SandboxRecord]:
         try:
             data = json.loads(raw)
         except _UNPARSABLE:
@@ -179,44 +413,89 @@ class StateStore:
         if isinstance(entries, dict):
             for key, value in entries.items():
                 record = SandboxRecord.from_json(value)
-                if record is not None and record.name == key:
-                    records[key] = record
+                if record is None or record.name != key:
+                    continue
+                derived = self.bind_workspace(key)
+                if record.workspace is None:  # the old format: derived, as before
+                    record.workspace = derived
+                elif record.workspace != derived:  # outside volumes/, another kind: refused
+                    continue
+                records[key] = record
         return records
 
     def get(self, name: str) -> SandboxRecord | None:
         """The record of NAME, or None."""
         return self.load().get(name)
 
+    # --- writing ------------------------------------------------------------------------
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, SandboxRecord]]:
         """Locked read-modify-write: mutate the yielded dict; it is saved when the block ends."""
-        self.ensure_dirs()
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                self._keep_unreadable_file()
-                records = self.load()
-                yield records
-                self._save(records)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    def _keep_unreadable_file(self) -> None:
-        """Move a state file we cannot parse aside instead of overwriting it (no lost data)."""
+        home_fd = self._open_home(create=True)
         try:
-            with open(self.path, "rb") as handle:
-                json.loads(handle.read())
-        except FileNotFoundError:
-            return
-        except _UNPARSABLE:
-            os.replace(self.path, f"{self.path}.corrupt-{int(time.time())}")
+            lock = self._open_file("state.lock", home_fd,
+                                   os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                                   | os.O_CLOEXEC)
+            try:
+                self._lock(lock)
+                self._keep_unreadable_file(home_fd)
+                raw = self._read_state(home_fd)
+                records = {} if raw is None else self._parse(raw)
+                yield records
+                self._save(home_fd, records)
+            finally:
+                os.close(lock)  # releases the flock
+        finally:
+            os.close(home_fd)
 
-    def _save(self, records: dict[str, SandboxRecord]) -> None:
+    def _lock(self, fd: int) -> None:
+        """flock FD exclusively, giving up after lock_timeout() seconds with a clear error."""
+        seconds = lock_timeout()
+        deadline = time.monotonic() + seconds
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"the state lock {self.lock_path} is still taken after "
+                               f"{seconds:g} s{_lock_holder(fd)}; if that command is stuck, "
+                               "end it (SANDBOX_LOCK_TIMEOUT sets the wait)")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _keep_unreadable_file(self, home_fd: int) -> None:
+        """Move a state file we cannot parse aside instead of overwriting it (no lost data)."""
+        raw = self._read_state(home_fd)
+        if raw is None:
+            return
+        try:
+            json.loads(raw)
+        except _UNPARSABLE:
+            os.replace("state.json", f"state.json.corrupt-{int(time.time())}",
+                       src_dir_fd=home_fd, dst_dir_fd=home_fd)
+
+    def _save(self, home_fd: int, records: dict[str, SandboxRecord]) -> None:
+        """Write a fresh temporary file (O_EXCL, unpredictable name, in the home's descriptor)
+        and rename it over state.json: a planted file or link is never written through."""
+        for name, record in records.items():
+            if record.workspace is None:
+                record.workspace = self.bind_workspace(name)
         payload = {"version": SCHEMA_VERSION,
                    "sandboxes": {name: asdict(rec) for name, rec in sorted(records.items())}}
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        tmp = f"state.json.tmp-{os.urandom(8).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=home_fd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, "state.json", src_dir_fd=home_fd, dst_dir_fd=home_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=home_fd)
+            raise

@@ -7,6 +7,7 @@ offending value and says what is expected.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 from .errors import InvalidInput
@@ -141,35 +142,47 @@ def image(value: str) -> str:
     return value
 
 
-def memory(value: str) -> str:
-    """A docker memory size such as 512m or 2g."""
-    if not _MEMORY_RE.match(value) or float(re.sub(r"[a-zA-Z]", "", value)) <= 0:
-        raise InvalidInput(f"invalid memory size {value!r}: expected e.g. 512m or 2g")
+MEMORY_MIN_BYTES = 6 << 20  # docker refuses a smaller --memory ("Minimum memory limit ... 6MB")
+TMPFS_MIN_BYTES = 4 << 10  # one page: the kernel rounds a tmpfs size up to whole pages
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size_bytes(value: str) -> float:
+    """Bytes in a docker size such as 512m, 2g or 1048576 (a bare number is bytes)."""
+    text = value.lower()
+    if text[-1:] in _SIZE_UNITS:
+        return float(text[:-1]) * _SIZE_UNITS[text[-1]]
+    return float(text)
+
+
+def _size(value: str, what: str, minimum: int, minimum_text: str) -> str:
+    if not _MEMORY_RE.match(value) or size_bytes(value) <= 0:
+        raise InvalidInput(f"invalid {what} {value!r}: expected e.g. 512m or 2g")
+    if size_bytes(value) < minimum:
+        raise InvalidInput(f"{what} {value!r} is below the minimum of {minimum_text} "
+                           "(a bare number is bytes: write e.g. 512m or 2g)")
     return value.lower()
+
+
+def memory(value: str) -> str:
+    """A docker memory size such as 512m or 2g, at least docker's minimum of 6 MiB."""
+    return _size(value, "memory size", MEMORY_MIN_BYTES, "6m")
+
+
+def tmpfs_size(value: str) -> str:
+    """The size of the tmpfs /tmp: a size such as 64m, at least one page (4k)."""
+    return _size(value, "tmpfs size", TMPFS_MIN_BYTES, "4k")
 
 
 UNLIMITED = "unlimited"
 DISK_MIN_BYTES = 16 << 20  # a smaller ext4 image has no room for its own metadata
 
 
-def size_bytes(text: str) -> int:
-    """Bytes in a docker-style size such as 512m, 2g or 1048576 (already validated)."""
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.lower()
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(float(text))
-
-
 def disk(value: str) -> str:
-    """A disk cap for the sandbox (its /app and, with a writable root, its own filesystem):
-    a size of at least 16m, or `unlimited`."""
+    """A cap on /app's bytes and files: a size of at least 16m, or `unlimited`."""
     if value.strip().lower() == UNLIMITED:
         return UNLIMITED
-    if not _MEMORY_RE.match(value) or size_bytes(value) < DISK_MIN_BYTES:
-        raise InvalidInput(f"invalid disk size {value!r}: expected e.g. 512m or 2g (at least "
-                           "16m), or unlimited")
-    return value.lower()
+    return _size(value, "disk size", DISK_MIN_BYTES, "16m")
 
 
 def cpus(value: float) -> float:
@@ -177,6 +190,43 @@ def cpus(value: float) -> float:
     if not (0 < value <= 1024):
         raise InvalidInput(f"invalid CPU count {value!r}: expected a positive number")
     return value
+
+
+def _local_engine() -> bool:
+    """True when the docker daemon runs on this machine (no remote DOCKER_HOST or context),
+    so that this machine's CPU count is the daemon's."""
+    host = os.environ.get("DOCKER_HOST", "")
+    context = os.environ.get("DOCKER_CONTEXT", "")
+    return (not host or host.startswith(("unix://", "npipe://"))) and context in ("", "default")
+
+
+def host_cpus(value: float) -> float:
+    """VALUE, refused when above the CPUs this machine has (docker refuses it too, later)."""
+    count = os.cpu_count() or 0
+    if count and value > count and _local_engine():
+        raise InvalidInput(f"CPU count {value:g} is more than the {count} CPUs of this host")
+    return value
+
+
+def distinct_ports(specs: list[str]) -> list[str]:
+    """SPECS (normalised by port()), refused when two publish the same host port and protocol
+    on overlapping addresses (docker fails late, with a half-made container)."""
+    seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for spec in specs:
+        body, _, proto = spec.rpartition("/")
+        ip, host, _ = body.rsplit(":", 2)
+        if not host:  # docker picks a free port: never a clash
+            continue
+        for other_ip, other in seen.get((host, proto), []):
+            if ip == other_ip or _any_address(ip) or _any_address(other_ip):
+                raise InvalidInput(f"host port {host}/{proto} is published twice "
+                                   f"({other} and {spec})")
+        seen.setdefault((host, proto), []).append((ip, spec))
+    return specs
+
+
+def _any_address(ip: str) -> bool:
+    return ip in ("0.0.0.0", "[::]")
 
 
 def pids(value: int) -> int:

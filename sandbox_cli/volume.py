@@ -28,7 +28,6 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_PREFIX = ".sandbox-tmp-"
 NAME_MAX = 255  # bytes in one name (Linux)
 PATH_MAX = 4096  # bytes in a path with its NUL: the container cannot name anything longer
-COPY_MODE_MASK = 0o775  # permission bits copy-to keeps (no setuid, setgid, sticky, other w)
 # Group bits rw: with the folder's ACLs (acl.py) they are the mask that lets the sandbox user
 # (not you, unless you are root) change what you put there.
 FILE_MODE, DIR_MODE = 0o664, 0o775
@@ -332,7 +331,7 @@ def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, si
                  mode: int | None = None) -> None:
     """Copy an open host file into the sandbox at DEST_PARTS (parents created).
 
-    MODE is the source's st_mode: its permission bits, masked to COPY_MODE_MASK, are given to
+    MODE is the source's st_mode: its permission bits, as shared_mode gives them, go to
     the copy (so an executable stays executable); without it the copy is a plain 0o644 file.
     """
     _check_length(dest_parts)
@@ -343,13 +342,21 @@ def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, si
         try:
             _copy_range(src_fd, fd, size)
             if mode is not None:  # after any fchown (which would clear set-id bits anyway)
-                os.fchmod(fd, (stat.S_IMODE(mode) & COPY_MODE_MASK) | 0o060)
+                os.fchmod(fd, shared_mode(mode))
         except BaseException:
             os.close(fd)
             _unlink_quietly(parent, tmp)
             raise
         os.close(fd)
         _commit(parent, tmp, dest_parts[-1], shown)
+
+
+def shared_mode(mode: int) -> int:
+    """The permission bits a copy of a file of MODE gets: the source's (no set-id, sticky or
+    other-write bits), with the owner's also given to the group, which with the folder's ACLs
+    is the sandbox user (acl.py): what you may do to the copy, the code may too."""
+    keep = stat.S_IMODE(mode) & 0o755
+    return keep | (keep & 0o700) >> 3 | 0o060
 
 
 def _copy_range(src: int, dst: int, size: int) -> None:

@@ -109,3 +109,42 @@ def test_empty_file_is_fine(dirs: tuple[Path, Path]) -> None:
     _, project = dirs
     project.write_text("# nothing yet\n")
     assert config.resolve({}, environ={}).options == config.StartOptions()
+
+
+def test_loosenings_are_described_in_words(dirs: tuple[Path, Path]) -> None:
+    assert [config.describe(k, v) for k, v in (
+        ("network", True), ("memory", "4g"), ("read_only", False), ("cpus", 2.0),
+        ("cpus", 0.5), ("ports", ["127.0.0.1:8080:80/tcp"]), ("runtime", None),
+        ("cap_add", ["NET_ADMIN", "SYS_PTRACE"]), ("image", "evil/img"))] == [
+        "network on", "memory 4g", "read-only root off", "cpus 2", "cpus 0.5",
+        "ports 127.0.0.1:8080:80/tcp", "runtime none", "capabilities NET_ADMIN SYS_PTRACE",
+        "image evil/img"]
+
+
+def test_a_project_image_is_a_loosening(dirs: tuple[Path, Path]) -> None:
+    _, project = dirs
+    project.write_text("image: someone/built-from-a-repo\n")
+    assert config.resolve({}, environ={}).loosened_by_project == ["image"]
+    assert config.resolve({"image": "mine/img"}, environ={}).loosened_by_project == []
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "dir", "big", "deep"])
+def test_project_files_that_are_not_plain_settings_are_refused(dirs: tuple[Path, Path],
+                                                               kind: str) -> None:
+    import os
+
+    _, project = dirs
+    if kind == "link":
+        real = project.parent / "real.yaml"
+        real.write_text("memory: 2g\n")
+        project.symlink_to(real)
+    elif kind == "fifo":
+        os.mkfifo(project)
+    elif kind == "dir":
+        project.mkdir()
+    elif kind == "big":
+        project.write_text("# " + "x" * (2 << 20) + "\n")
+    else:
+        project.write_text("env: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=str(project)):
+        config.resolve({}, environ={})

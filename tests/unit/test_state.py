@@ -6,6 +6,8 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from sandbox_cli.state import SandboxRecord, StateStore, home_label
 
 
@@ -73,3 +75,61 @@ def test_expiry(tmp_path: Path) -> None:
 
 def test_home_labels_differ(tmp_path: Path) -> None:
     assert home_label(str(tmp_path / "a")) != home_label(str(tmp_path / "b"))
+
+
+def test_temp_file_names_are_not_predictable(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link named like the old temporary file (state.json.tmp-PID) is never written through."""
+    import os
+
+    store = StateStore(str(tmp_path))
+    store.ensure_dirs()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    (tmp_path / "state.json.tmp-4242").symlink_to(victim)
+    with store.transaction() as records:
+        records["box"] = _record("box")
+    assert victim.read_text() == "precious"
+    assert list(store.load()) == ["box"]
+    assert not [p for p in tmp_path.glob("state.json.tmp-*") if not p.is_symlink()]
+
+
+def test_workspace_is_recorded_and_checked(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path))
+    with store.transaction() as records:
+        records["box"] = _record("box")
+    saved = json.loads(Path(store.path).read_text())["sandboxes"]["box"]
+    folder = str(tmp_path / "volumes" / "box")
+    assert saved["workspace"] == {"kind": "bind", "path": folder}
+    assert store.workspace_path(store.load()["box"]) == folder
+    for bad in ({"kind": "bind", "path": "/etc"}, {"kind": "bind", "path": folder + "/"},
+                {"kind": "volume", "path": folder}, {"kind": "bind"}, "x", ["bind", folder],
+                {"kind": 1, "path": folder}):
+        Path(store.path).write_text(json.dumps(
+            {"version": 1, "sandboxes": {"box": {**saved, "workspace": bad}}}))
+        assert store.load() == {}, bad
+    del saved["workspace"]  # the old format: derived from the name
+    Path(store.path).write_text(json.dumps({"version": 1, "sandboxes": {"box": saved}}))
+    assert store.load()["box"].workspace == {"kind": "bind", "path": folder}
+
+
+def test_lock_wait_gives_up_with_the_holder(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+    import os
+
+    from sandbox_cli.state import LockBusy
+
+    store = StateStore(str(tmp_path))
+    store.ensure_dirs()
+    monkeypatch.setenv("SANDBOX_LOCK_TIMEOUT", "0.2")
+    held = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LockBusy, match=f"held by pid {os.getpid()}"), store.transaction():
+            pass
+    finally:
+        os.close(held)
+    with store.transaction() as records:  # free again
+        records["box"] = _record("box")

@@ -107,3 +107,36 @@ def test_limits() -> None:
     assert validate.container_dir("src") == "/app/src"
     with pytest.raises(InvalidInput):
         validate.container_dir("-x")
+
+
+def test_sizes_below_the_engine_minimum_are_refused() -> None:
+    assert validate.memory("6m") == "6m"
+    assert validate.memory("6291456") == "6291456"
+    for small in ("2", "5m", "6291455", "1k"):
+        with pytest.raises(InvalidInput, match="below the minimum of 6m"):
+            validate.memory(small)
+    assert validate.tmpfs_size("4k") == "4k"
+    for bad in ("0", "1", "64x", "64m,exec", ""):
+        with pytest.raises(InvalidInput, match="tmpfs size"):
+            validate.tmpfs_size(bad)
+
+
+def test_cpus_above_the_host_count_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    assert validate.host_cpus(2.0) == 2.0
+    with pytest.raises(InvalidInput, match="more than the 2 CPUs of this host"):
+        validate.host_cpus(2.5)
+    monkeypatch.setenv("DOCKER_HOST", "tcp://builder:2376")  # a remote daemon counts its own
+    assert validate.host_cpus(16.0) == 16.0
+
+
+def test_a_host_port_published_twice_is_refused() -> None:
+    ok = [validate.port(p) for p in ("8080:80", "8081:80", "8080:80/udp", "10.0.0.1:8080:81",
+                                     "80", "81")]
+    assert validate.distinct_ports(ok) == ok
+    for pair in (("8080:80", "8080:81"), ("0.0.0.0:9000:1", "127.0.0.1:9000:2"),
+                 ("[::]:9000:1", "9000:2")):
+        with pytest.raises(InvalidInput, match="published twice"):
+            validate.distinct_ports([validate.port(p) for p in pair])
