@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -113,6 +114,16 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+TtyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tty/--no-tty",
+        "-t/-T",
+        help="Allocate a terminal (stderr then merges into stdout), or never [default: only "
+        "when stdin, stdout and stderr are all terminals].",
+    ),
+]
+
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Sandbox name.")]
 CommandArg = Annotated[
     list[str], typer.Argument(metavar="CMD [ARG]...", help="Command and arguments (no shell).")
@@ -214,11 +225,13 @@ def start(
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})
 def exec_(
+    ctx: typer.Context,
     name: NameArg,
     command: CommandArg,
     timeout: TimeoutOpt = None,
     env: EnvOpt = None,
     workdir: WorkdirOpt = None,
+    tty: TtyOpt = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -231,16 +244,38 @@ def exec_(
     pairs = _env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
     if json_out:
+        if tty:
+            raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
         result = execute.exec_captured(
             _store(), name, command, env=pairs, workdir=directory, timeout=seconds
         )
+        _explain_command(result, command, ctx)
         ui.emit_json(result.to_json())
+        ui.report_stop(result, seconds, name)
         raise typer.Exit(result.exit_code)
     outcome = execute.exec_streaming(
-        _store(), name, command, env=pairs, workdir=directory, timeout=seconds
+        _store(), name, command, env=pairs, workdir=directory, timeout=seconds, tty=tty
     )
-    ui.report_stop(outcome, timeout, name)
+    ui.report_stop(_explain_command(outcome, command, ctx), seconds, name)
     raise typer.Exit(outcome.code)
+
+
+def _explain_command(outcome: Any, command: list[str], ctx: typer.Context) -> Any:
+    """A command that could not start and looks like an option (`exec box --timout 5 ...`):
+    say that it was taken as the command, and which option of ours was probably meant."""
+    word = command[0] if command else ""
+    if not outcome.not_started or not word.startswith("-"):
+        return outcome
+    options = [opt for param in ctx.command.params
+               for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])
+               if opt.startswith("-")]
+    hint = (f"`{word}` was taken as the command: options of sandbox go before the command"
+            + ui.did_you_mean(word.split("=", 1)[0], options).replace(" (", "; ").rstrip(")"))
+    if isinstance(outcome, execute.ExecResult):
+        outcome.not_started = hint
+        outcome.stderr = f"{execute.PREFIX}{hint}\n".encode()
+        return outcome
+    return outcome._replace(not_started=hint)
 
 
 @app.command()
@@ -412,6 +447,7 @@ def run(
     ] = None,
     timeout: TimeoutOpt = None,
     workdir: WorkdirOpt = None,
+    tty: TtyOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the exec result as JSON.")
     ] = False,
@@ -424,12 +460,14 @@ def run(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
         cap_add,
     )
-    forward, tty = execute.stdin_mode()
+    if json_out and tty:
+        raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
+    forward, use_tty = execute.stdin_mode(tty)
     if json_out:  # no terminal: stdout and stderr must stay apart
-        forward, tty = forward and not sys.stdin.isatty(), False
+        forward, use_tty = forward and not sys.stdin.isatty(), False
     store = _store()
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=tty, progress=ui.info)
+                                     stdin=forward, tty=use_tty, progress=ui.info)
     finished = False
     try:
         if patterns:
@@ -440,17 +478,26 @@ def run(
             sandbox.remove_container(record.name)
             return True
 
+        # tini (the container's init) says so on stderr when the command cannot start
+        intercept = None if use_tty else (2, execute.TINI_MARKER)
+        began = time.time()
         outcome: execute.Outcome | execute.ExecResult
         if json_out:
-            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop)
+            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop,
+                                      intercept=intercept, command=command)
+            outcome = execute.finish_report(outcome, record.container_id, began,
+                                            options.memory)
             ui.emit_json(outcome.to_json())
             code = outcome.exit_code
         else:
-            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop)
+            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop,
+                                     intercept=intercept, command=command)
+            outcome = execute.finish_report(outcome, record.container_id, began,
+                                            options.memory)
             code = outcome.code
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
-        ui.report_stop(outcome, timeout, record.name)
+        ui.report_stop(outcome, seconds, record.name)
     finally:
         sandbox.discard(store, record.name, container_gone=finished)
     raise typer.Exit(code)
