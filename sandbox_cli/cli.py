@@ -225,7 +225,6 @@ def start(
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})
 def exec_(
-    ctx: typer.Context,
     name: NameArg,
     command: CommandArg,
     timeout: TimeoutOpt = None,
@@ -249,33 +248,14 @@ def exec_(
         result = execute.exec_captured(
             _store(), name, command, env=pairs, workdir=directory, timeout=seconds
         )
-        _explain_command(result, command, ctx)
         ui.emit_json(result.to_json())
         ui.report_stop(result, seconds, name)
         raise typer.Exit(result.exit_code)
     outcome = execute.exec_streaming(
         _store(), name, command, env=pairs, workdir=directory, timeout=seconds, tty=tty
     )
-    ui.report_stop(_explain_command(outcome, command, ctx), seconds, name)
+    ui.report_stop(outcome, seconds, name)
     raise typer.Exit(outcome.code)
-
-
-def _explain_command(outcome: Any, command: list[str], ctx: typer.Context) -> Any:
-    """A command that could not start and looks like an option (`exec box --timout 5 ...`):
-    say that it was taken as the command, and which option of ours was probably meant."""
-    word = command[0] if command else ""
-    if not outcome.not_started or not word.startswith("-"):
-        return outcome
-    options = [opt for param in ctx.command.params
-               for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])
-               if opt.startswith("-")]
-    hint = (f"`{word}` was taken as the command: options of sandbox go before the command"
-            + ui.did_you_mean(word.split("=", 1)[0], options).replace(" (", "; ").rstrip(")"))
-    if isinstance(outcome, execute.ExecResult):
-        outcome.not_started = hint
-        outcome.stderr = f"{execute.PREFIX}{hint}\n".encode()
-        return outcome
-    return outcome._replace(not_started=hint)
 
 
 @app.command()
@@ -345,9 +325,10 @@ def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
             }
         )
         return
-    skipped = f", skipped {summary.skipped_links} links" if summary.skipped_links else ""
+    skipped = (f", skipped {ui.plural(summary.skipped_links, 'link')}"
+               if summary.skipped_links else "")
     ui.info(
-        f"copied {summary.files} files ({ui.human_bytes(summary.bytes)}) "
+        f"copied {ui.plural(summary.files, 'file')} ({ui.human_bytes(summary.bytes)}) "
         f"to {summary.destination}{skipped}"
     )
 
@@ -384,7 +365,7 @@ def purge(
         ui.emit_json({"removed": removed})
     else:
         ui.info(
-            f"removed {len(removed)} sandbox{'es' if len(removed) != 1 else ''}"
+            f"removed {ui.plural(len(removed), 'sandbox', 'sandboxes')}"
             + (f": {', '.join(removed)}" if removed else "")
         )
 

@@ -149,14 +149,6 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean --timeout?)' for a near miss among CHOICES, else ''."""
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def mask_url(text: str) -> str:
     """TEXT with any URL credentials (user:token@ or token@) replaced by ***."""
     import re
@@ -253,7 +245,7 @@ def _stderr_console() -> Any:
 def doctor_report(checks: Sequence[dict[str, Any]]) -> None:
     """`sandbox doctor`: one line a check, with the fix under each problem."""
     for check in checks:
-        mark = "ok " if check["ok"] else "FAIL"
+        mark = " ok " if check["ok"] else "FAIL"  # the same width: the names line up
         data(f"[{mark}] {check['name']}: {check['detail']}")
         if not check["ok"] and check.get("fix"):
             data(f"       fix: {check['fix']}")
