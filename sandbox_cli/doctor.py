@@ -40,8 +40,8 @@ def run_checks(store: StateStore) -> list[dict[str, Any]]:
                    else exc.message if isinstance(exc, SandboxError)
                    else f"unreadable answer from `docker version`: {exc}")
         checks.append(_check("docker daemon", False, message,
-                             "start it (`sudo systemctl start docker`, or `dockerd &`), check DOCKER_HOST, and make "
-                             "sure your user may use it (docker group)"))
+                             "start it (`sudo systemctl start docker`, or `dockerd &`), check "
+                             "DOCKER_HOST, and make sure your user may use it (docker group)"))
         return [*checks, _state_check(store)]
     try:
         info = json.loads(docker.run_docker(docker.info_argv()).stdout or "{}")
