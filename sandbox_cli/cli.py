@@ -263,11 +263,13 @@ def write(
     name: NameArg,
     path: PathArg,
     text: Annotated[
-        str | None, typer.Argument(metavar="[TEXT]", help="Content; stdin when omitted.")
+        str | None,
+        typer.Argument(metavar="[TEXT]", help="Content; stdin when omitted or `-`."),
     ] = None,
 ) -> None:
     """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
-    source = os.fsencode(text) if text is not None else sys.stdin.buffer
+    # `-` is stdin, as for most tools; a lone dash as content comes through stdin too.
+    source = os.fsencode(text) if text not in (None, "-") else sys.stdin.buffer
     sandbox.write_file(_store(), name, path, source)
 
 

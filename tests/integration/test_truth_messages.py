@@ -24,3 +24,8 @@ def test_plural_and_unit_messages(docker_engine: None, sandbox: Runner, tmp_path
     finally:
         proc = sandbox("purge", name)
     assert proc.stderr == f"sandbox: removed 1 sandbox: {name}\n".encode()
+
+
+def test_write_dash_reads_stdin(box: str, sandbox: Runner, home: Path) -> None:
+    sandbox("write", box, "f.bin", "-", input=b"\x00from stdin", check=True)
+    assert (home / "volumes" / box / "f.bin").read_bytes() == b"\x00from stdin"
