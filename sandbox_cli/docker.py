@@ -341,6 +341,8 @@ def unreachable(text: str) -> DockerUnavailable | None:
     if "permission denied while trying to connect" in low:
         return DockerUnavailable("permission denied talking to the Docker daemon",
                                  "add your user to the docker group")
+    if "error response from daemon" in low:  # the daemon answered (a registry it cannot reach)
+        return None
     if not any(needle in low for needle in _UNREACHABLE):
         return None
     at = _DAEMON_AT.search(text)

@@ -52,3 +52,10 @@ def test_unreachable_names_the_address() -> None:
 def test_missing_container_stays_not_found() -> None:
     failure = docker.classify_failure(["docker", "inspect"], 1, "Error: No such container: x")
     assert isinstance(failure, SandboxNotFound)
+
+
+def test_a_registry_the_daemon_cannot_reach_is_not_an_unreachable_daemon() -> None:
+    failure = docker.classify_failure(["docker", "pull", "x"], 1, (
+        'Error response from daemon: Get "https://registry-1.docker.io/v2/": dial tcp: lookup '
+        "registry-1.docker.io on 10.255.255.53:53: no such host"))
+    assert not isinstance(failure, DockerUnavailable)
