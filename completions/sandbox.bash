@@ -43,7 +43,7 @@ _sandbox_spec() {
             args=()
             ;;
         exec)
-            flags=(--timeout --env -e --workdir -w --json --help -h)
+            flags=(--timeout --env -e --workdir -w --tty --no-tty -t -T --json --help -h)
             valued=(--timeout --env -e --workdir -w)
             files=()
             args=(sandbox argv...)
@@ -93,7 +93,7 @@ _sandbox_spec() {
         run)
             flags=(--name --image --network --no-network --port -p --env -e --memory --disk
               --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime --cap-add
-              --copy --timeout --workdir -w --json --help -h)
+              --copy --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
             valued=(--name --image --port -p --env -e --memory --disk --cpus --pids-limit
               --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w)
             files=(--copy)

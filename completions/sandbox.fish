@@ -197,6 +197,7 @@ complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this mess
 complete -c sandbox -n '__sandbox_options exec' -l timeout -x -d 'Stop the command after SECONDS (or 30s, 5m); exit code 124'
 complete -c sandbox -n '__sandbox_options exec' -l env -s e -x -d 'KEY=VALUE (or KEY to pass the host\'s value)'
 complete -c sandbox -n '__sandbox_options exec' -l workdir -s w -x -d 'Working directory in the container [default: /app]'
+complete -c sandbox -n '__sandbox_options exec' -l tty -l no-tty -s t -s T -d 'Allocate a terminal (stderr then merges into stdout), or never [default: only when stdin, stdout and stderr are all terminals]'
 complete -c sandbox -n '__sandbox_options exec' -l json -d 'Print {exitCode, stdout, stderr, failed, ...} instead of streaming'
 complete -c sandbox -n '__sandbox_options exec' -l help -s h -d 'Show this message and exit'
 
@@ -249,6 +250,7 @@ complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Lin
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l timeout -x -d 'Stop the command after SECONDS (or 30s, 5m); exit code 124'
 complete -c sandbox -n '__sandbox_options run' -l workdir -s w -x -d 'Working directory in the container [default: /app]'
+complete -c sandbox -n '__sandbox_options run' -l tty -l no-tty -s t -s T -d 'Allocate a terminal (stderr then merges into stdout), or never [default: only when stdin, stdout and stderr are all terminals]'
 complete -c sandbox -n '__sandbox_options run' -l json -d 'Print the exec result as JSON'
 complete -c sandbox -n '__sandbox_options run' -l help -s h -d 'Show this message and exit'
 

@@ -11,6 +11,7 @@ from .errors import (
     EXIT_HOST,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    InvalidInput,
     OutputClosed,
     SandboxError,
     Signalled,
@@ -21,12 +22,56 @@ from .errors import (
 _PASSTHROUGH_COMMANDS = {"exec": 1, "run": 0}
 
 
-def split_command_line(args: Sequence[str], value_options: set[str], leading: int) -> list[str]:
+# Options of `docker exec` / `docker run` that people type out of habit, with what to do instead.
+_DOCKER_HABITS = {
+    "-i": "sandbox forwards piped stdin by itself: drop -i",
+    "--interactive": "sandbox forwards piped stdin by itself: drop --interactive",
+    "-it": "sandbox allocates a terminal by itself when stdin, stdout and stderr are "
+           "terminals: drop -it (-t forces one)",
+    "-ti": "sandbox allocates a terminal by itself when stdin, stdout and stderr are "
+           "terminals: drop -ti (-t forces one)",
+    "-d": "a sandbox lives on by itself: `sandbox start`, then `sandbox exec`",
+    "--detach": "a sandbox lives on by itself: `sandbox start`, then `sandbox exec`",
+    "-u": "the sandbox's user is fixed at start",
+    "--user": "the sandbox's user is fixed at start",
+    "--rm": "`sandbox run` always removes its sandbox",
+}
+
+
+def _unknown_option(arg: str, known: set[str], after_name: bool) -> InvalidInput:
+    """The error for ARG, an option we do not have: a docker habit's hint, or a near miss;
+    AFTER_NAME, it may have been meant for the command."""
+    hint = _DOCKER_HABITS.get(arg)
+    if hint is not None:
+        return InvalidInput(f"unknown option {arg!r}: {hint}")
+    import difflib
+
+    close = difflib.get_close_matches(arg.split("=", 1)[0], sorted(known), n=1, cutoff=0.75)
+    mean = f" (did you mean {close[0]}?)" if close else ""
+    meant = "; for the command, put `--` before it" if after_name else ""
+    return InvalidInput(f"unknown option {arg!r}{mean}{meant}")
+
+
+def _is_known(arg: str, known: set[str], value_options: set[str]) -> bool:
+    """ARG is one of our options: exactly, as --opt=value, or as a short option with its
+    value attached (-w/src), or short flags run together (-tT is silly, but click takes it)."""
+    if arg in known or arg.split("=", 1)[0] in known:
+        return True
+    if arg.startswith("--"):
+        return False
+    if arg[:2] in value_options:
+        return True
+    return all(f"-{char}" in known for char in arg[1:])
+
+
+def split_command_line(args: Sequence[str], value_options: set[str], leading: int,
+                       known: set[str] | None = None) -> list[str]:
     """Insert `--` where the container's command line begins, unless the user already did.
 
     Our own options may come before or after NAME; the first other positional starts the
     command, and everything from there on belongs to it (so `exec box node -e 'x'` never
-    reads `-e` as ours).
+    reads `-e` as ours). With KNOWN (all our option names), an option before the command
+    that is not ours is refused with a hint (`-it`, `--timout`), not read as NAME.
     """
     out: list[str] = []
     positionals = 0
@@ -36,6 +81,8 @@ def split_command_line(args: Sequence[str], value_options: set[str], leading: in
         if arg == "--":
             return out + list(args[i:])
         if arg.startswith("-") and arg != "-":
+            if known is not None and not _is_known(arg, known, value_options):
+                raise _unknown_option(arg, known, positionals >= leading)
             out.append(arg)
             if arg in value_options:
                 if i + 1 < len(args):
@@ -67,8 +114,12 @@ def _normalise(argv: list[str], group: object) -> list[str]:
                 and not getattr(param, "is_flag", False) and not getattr(param, "count", False)
                 for opt in param.opts
             }
+            known = {opt for param in command.params
+                     for opt in [*getattr(param, "opts", []),
+                                 *getattr(param, "secondary_opts", [])]
+                     if opt.startswith("-")} | {"-h", "--help"}
             return argv[: index + 1] + split_command_line(argv[index + 1 :], value_options,
-                                                          leading)
+                                                          leading, known)
     return argv
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -124,6 +125,16 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+TtyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tty/--no-tty",
+        "-t/-T",
+        help="Allocate a terminal (stderr then merges into stdout), or never [default: only "
+        "when stdin, stdout and stderr are all terminals].",
+    ),
+]
+
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Sandbox name.")]
 CommandArg = Annotated[
     list[str], typer.Argument(metavar="CMD [ARG]...", help="Command and arguments (no shell).")
@@ -235,6 +246,7 @@ def exec_(
     timeout: TimeoutOpt = None,
     env: EnvOpt = None,
     workdir: WorkdirOpt = None,
+    tty: TtyOpt = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -247,15 +259,18 @@ def exec_(
     pairs = _env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
     if json_out:
+        if tty:
+            raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
         result = execute.exec_captured(
             _store(), name, command, env=pairs, workdir=directory, timeout=seconds
         )
         ui.emit_json(result.to_json())
+        ui.report_stop(result, seconds, name)
         raise typer.Exit(result.exit_code)
     outcome = execute.exec_streaming(
-        _store(), name, command, env=pairs, workdir=directory, timeout=seconds
+        _store(), name, command, env=pairs, workdir=directory, timeout=seconds, tty=tty
     )
-    ui.report_stop(outcome, timeout, name)
+    ui.report_stop(outcome, seconds, name)
     raise typer.Exit(outcome.code)
 
 
@@ -264,11 +279,13 @@ def write(
     name: NameArg,
     path: PathArg,
     text: Annotated[
-        str | None, typer.Argument(metavar="[TEXT]", help="Content; stdin when omitted.")
+        str | None,
+        typer.Argument(metavar="[TEXT]", help="Content; stdin when omitted or `-`."),
     ] = None,
 ) -> None:
     """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
-    source = os.fsencode(text) if text is not None else sys.stdin.buffer
+    # `-` is stdin, as for most tools; a lone dash as content comes through stdin too.
+    source = os.fsencode(text) if text not in (None, "-") else sys.stdin.buffer
     sandbox.write_file(_store(), name, path, source)
 
 
@@ -326,9 +343,10 @@ def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
             }
         )
         return
-    skipped = f", skipped {summary.skipped_links} links" if summary.skipped_links else ""
+    skipped = (f", skipped {ui.plural(summary.skipped_links, 'link')}"
+               if summary.skipped_links else "")
     ui.info(
-        f"copied {summary.files} files ({ui.human_bytes(summary.bytes)}) "
+        f"copied {ui.plural(summary.files, 'file')} ({ui.human_bytes(summary.bytes)}) "
         f"to {summary.destination}{skipped}"
     )
 
@@ -365,7 +383,7 @@ def purge(
         ui.emit_json({"removed": removed})
     else:
         ui.info(
-            f"removed {len(removed)} sandbox{'es' if len(removed) != 1 else ''}"
+            f"removed {ui.plural(len(removed), 'sandbox', 'sandboxes')}"
             + (f": {', '.join(removed)}" if removed else "")
         )
 
@@ -430,6 +448,7 @@ def run(
     ] = None,
     timeout: TimeoutOpt = None,
     workdir: WorkdirOpt = None,
+    tty: TtyOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the exec result as JSON.")
     ] = False,
@@ -442,12 +461,14 @@ def run(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk,
     )
-    forward, tty = execute.stdin_mode()
+    if json_out and tty:
+        raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
+    forward, use_tty = execute.stdin_mode(tty)
     if json_out:  # no terminal: stdout and stderr must stay apart
-        forward, tty = forward and not sys.stdin.isatty(), False
+        forward, use_tty = forward and not sys.stdin.isatty(), False
     store = _store()
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=tty, progress=ui.info, warn=ui.warn)
+                                     stdin=forward, tty=use_tty, progress=ui.info, warn=ui.warn)
     finished = False
     try:
         if patterns:
@@ -458,17 +479,26 @@ def run(
             sandbox.remove_container(record.name)
             return True
 
+        # tini (the container's init) says so on stderr when the command cannot start
+        intercept = None if use_tty else (2, execute.TINI_MARKER)
+        began = time.time()
         outcome: execute.Outcome | execute.ExecResult
         if json_out:
-            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop)
+            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop,
+                                      intercept=intercept, command=command)
+            outcome = execute.finish_report(outcome, record.container_id, began,
+                                            options.memory)
             ui.emit_json(outcome.to_json())
             code = outcome.exit_code
         else:
-            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop)
+            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop,
+                                     intercept=intercept, command=command)
+            outcome = execute.finish_report(outcome, record.container_id, began,
+                                            options.memory)
             code = outcome.code
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
-        ui.report_stop(outcome, timeout, record.name)
+        ui.report_stop(outcome, seconds, record.name)
     finally:
         sandbox.discard(store, record.name, container_gone=finished)
     raise typer.Exit(code)

@@ -8,6 +8,7 @@ failures to typed errors that carry argv, return code and stderr.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -286,6 +287,12 @@ def state_argv(name: str) -> list[str]:
             name]
 
 
+def oom_events_argv(name: str, since: float, until: float) -> list[str]:
+    """`docker events` listing the OOM kills in container NAME between two wall-clock times."""
+    return [docker_binary(), "events", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
+            "--filter", f"container={name}", "--filter", "event=oom", "--format", "{{.Action}}"]
+
+
 def network_disconnect_argv(network: str, name: str) -> list[str]:
     """`docker network disconnect -f NETWORK NAME`."""
     return [docker_binary(), "network", "disconnect", "--force", network, name]
@@ -336,20 +343,48 @@ def _trace(argv: Sequence[str]) -> None:
         _trace_hook(argv)  # type: ignore[operator]
 
 
+# How the docker client says it cannot reach the daemon (socket missing, refused, host unknown,
+# bad DOCKER_HOST or context). Lower case; checked before anything else, as every command may
+# meet them.
+_UNREACHABLE = (
+    "cannot connect to the docker daemon", "is the docker daemon running",
+    "error during connect", "failed to initialize", "unable to resolve docker endpoint",
+    "dial unix", "dial tcp", "connection refused", "no such host", "i/o timeout",
+    "connection reset by peer", "context not found",
+)
+_DAEMON_AT = re.compile(r"docker daemon at (\S+?)\.?(?:\s|$)", re.IGNORECASE)
+
+
+def unreachable(text: str) -> DockerUnavailable | None:
+    """A DockerUnavailable naming the address and reason when TEXT (docker's stderr) says the
+    daemon cannot be reached or used, else None."""
+    low = text.lower()
+    if "permission denied while trying to connect" in low:
+        return DockerUnavailable("permission denied talking to the Docker daemon",
+                                 "add your user to the docker group")
+    if "error response from daemon" in low:  # the daemon answered (a registry it cannot reach)
+        return None
+    if not any(needle in low for needle in _UNREACHABLE):
+        return None
+    at = _DAEMON_AT.search(text)
+    if at:
+        return DockerUnavailable(f"cannot reach the Docker daemon at {at.group(1)}: is it "
+                                 "running, and is DOCKER_HOST right?", "try `sandbox doctor`")
+    line = next(ln.strip() for ln in text.splitlines()
+                if any(needle in ln.lower() for needle in _UNREACHABLE))
+    line = line.removeprefix("docker: ").removeprefix("Failed to initialize: ")
+    return DockerUnavailable(f"cannot reach the Docker daemon: {line}", "try `sandbox doctor`")
+
+
 def classify_failure(argv: Sequence[str], returncode: int, stderr: str) -> SandboxError:
     """Choose the error class for a failed docker command from its stderr."""
     text = stderr.strip()
     low = text.lower()
     first = next((line for line in text.splitlines() if line.strip()), f"exit code {returncode}")
     first = first.removeprefix("docker: ").removeprefix("Error response from daemon: ")
-    if "cannot connect to the docker daemon" in low or "is the docker daemon running" in low:
-        return DockerUnavailable(
-            "cannot reach the Docker daemon: is it running? (try `sandbox doctor`)"
-        )
-    if "permission denied while trying to connect" in low:
-        return DockerUnavailable(
-            "permission denied talking to the Docker daemon: add your user to the docker group"
-        )
+    cut = unreachable(text)
+    if cut is not None:
+        return cut
     if "no such container" in low or "is not running" in low:
         return SandboxNotFound(f"container not found or not running: {first}")
     if "is already in use by container" in low:

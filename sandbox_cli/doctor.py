@@ -8,7 +8,7 @@ import shutil
 from typing import Any
 
 from . import config, docker
-from .errors import SandboxError
+from .errors import DockerUnavailable, SandboxError
 from .state import StateStore
 
 
@@ -35,10 +35,13 @@ def run_checks(store: StateStore) -> list[dict[str, Any]]:
                   f" (client API {client.get('ApiVersion', '?')})")
         checks.append(_check("docker daemon", True, detail))
     except (SandboxError, ValueError) as exc:
-        message = exc.message if isinstance(exc, SandboxError) else str(exc)
+        # The reason alone: doctor must not tell you to run doctor.
+        message = (exc.reason if isinstance(exc, DockerUnavailable)
+                   else exc.message if isinstance(exc, SandboxError)
+                   else f"unreadable answer from `docker version`: {exc}")
         checks.append(_check("docker daemon", False, message,
-                             "start it (`sudo systemctl start docker`, or `dockerd &`) and make "
-                             "sure your user may use it (docker group)"))
+                             "start it (`sudo systemctl start docker`, or `dockerd &`), check "
+                             "DOCKER_HOST, and make sure your user may use it (docker group)"))
         return [*checks, _state_check(store)]
     try:
         info = json.loads(docker.run_docker(docker.info_argv()).stdout or "{}")

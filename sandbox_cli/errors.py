@@ -54,9 +54,14 @@ class UnsafePath(SandboxError):
 
 
 class DockerUnavailable(SandboxError):
-    """The docker CLI is missing or cannot reach the daemon."""
+    """The docker CLI is missing or cannot reach the daemon. REASON is the message without
+    the hint (doctor shows the reason; it must not tell you to run doctor)."""
 
     exit_code = EXIT_DOCKER_UNAVAILABLE
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason} ({hint})" if hint else reason)
+        self.reason = reason
 
 
 class ImageError(SandboxError):

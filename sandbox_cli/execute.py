@@ -35,6 +35,9 @@ class ExecResult:
     stderr_truncated: bool
     duration_ms: int
     stop_failed: bool = False
+    oom_killed: bool = False  # the kernel killed a process for memory while it ran
+    memory: str = ""  # the sandbox's memory limit, for the message
+    not_started: str = ""  # why the command could not start (not found, not executable)
 
     def to_json(self) -> dict[str, object]:
         """The documented --json shape (camelCase, as the seed's API)."""
@@ -47,6 +50,7 @@ class ExecResult:
             "stdoutTruncated": self.stdout_truncated,
             "stderrTruncated": self.stderr_truncated,
             "durationMs": self.duration_ms,
+            "oomKilled": self.oom_killed,
         }
 
 
@@ -66,18 +70,24 @@ def _new_tag() -> ExecTag:
     return ExecTag(os.urandom(8).hex(), ticks)
 
 
-def stdin_mode() -> tuple[bool, bool]:
-    """(forward stdin, allocate a tty): forward whatever is piped in; a tty only when both
-    ends are terminals, so `sandbox exec box python` is an interactive REPL."""
+def stdin_mode(tty: bool | None = None) -> tuple[bool, bool]:
+    """(forward stdin, allocate a tty): forward whatever is piped in; a tty only when stdin,
+    stdout and stderr are all terminals (so `2>err.log` still gets stderr alone), unless TTY
+    says (-t / -T). A forced tty needs a terminal on stdin: docker refuses `-i -t` otherwise."""
     try:
         st = os.fstat(0)
     except OSError:
-        return False, False
-    if os.isatty(0):
-        return True, os.isatty(1)
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev:
-        return False, False  # /dev/null: nothing to forward, and -i costs docker a stream
-    return True, False
+        forward = False
+    else:
+        # /dev/null: nothing to forward, and -i costs docker a stream
+        forward = not (stat.S_ISCHR(st.st_mode) and not os.isatty(0)
+                       and st.st_rdev == os.stat(os.devnull).st_rdev)
+    if tty is None:
+        return forward, forward and os.isatty(0) and os.isatty(1) and os.isatty(2)
+    if tty and forward and not os.isatty(0):
+        raise InvalidInput("--tty needs a terminal on stdin (stdin is redirected); "
+                           "drop -t, or redirect stdin from /dev/null")
+    return forward, tty
 
 
 def kill_in_container(name: str, tag: ExecTag) -> bool:
@@ -101,6 +111,9 @@ class Outcome(NamedTuple):
     code: int
     timed_out: bool = False
     stop_failed: bool = False  # we tried to end it inside the container and could not
+    oom_killed: bool = False  # the kernel killed a process for memory while it ran
+    memory: str = ""  # the sandbox's memory limit, for the message
+    not_started: str = ""  # why the command could not start (not found, not executable)
 
 
 def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) -> Outcome:
@@ -143,12 +156,102 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop) -> Outcome:
+# What docker exec (on its stdout) and tini, run's init (on its stderr), print when the command
+# cannot start at all. A command's own output that begins so is held back until it ends, then
+# passed on unless the exit code is 126/127.
+OCI_MARKER = b"OCI runtime exec failed"
+TINI_MARKER = b"[FATAL tini ("
+Intercept = tuple[int, bytes]  # (our fd 1 or 2, marker): relay that stream, watching for MARKER
+
+
+def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
+           intercept: Intercept | None = None, command: Sequence[str] = ()) -> Outcome:
     """Run an attached docker client with our stdin/stdout/stderr handed straight to it: byte
-    for byte, as it comes, nothing buffered here. Returns (exit code, timed out); the code is
-    124 on timeout."""
-    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL)
-    return _finish(proc, timeout, stop)
+    for byte, as it comes, nothing buffered here. INTERCEPT relays one stream through a pipe
+    instead (still as it comes), so that docker's or tini's own "could not start COMMAND" line
+    becomes ours on stderr. The code is 124 on timeout."""
+    if intercept is None:
+        proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL)
+        return _finish(proc, timeout, stop)
+    fd, marker = intercept
+    pipe = {"stdout" if fd == 1 else "stderr": subprocess.PIPE}
+    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
+                               **pipe)
+    source = proc.stdout if fd == 1 else proc.stderr
+    assert source is not None
+    held = bytearray()
+    relay = threading.Thread(target=_relay, args=(source.fileno(), fd, marker, held),
+                             daemon=True)
+    relay.start()
+    outcome = _finish(proc, timeout, stop)
+    relay.join(timeout=KILL_GRACE_SECONDS)
+    source.close()
+    failed = _not_started(outcome.code, bytes(held), marker, command)
+    if failed is not None:
+        return outcome._replace(code=failed[0], not_started=failed[1])
+    if held:
+        _write_all(fd, bytes(held))
+    return outcome
+
+
+def _relay(source: int, target: int, marker: bytes, held: bytearray) -> None:
+    """Copy SOURCE to TARGET as it comes. Output that begins with MARKER is kept in HELD
+    instead (the caller decides once the exit code is known). When TARGET's reader has gone,
+    stop reading: the docker client then meets the closed pipe itself, as it would unrelayed."""
+    start = b""
+    deciding = True
+    while True:
+        try:
+            chunk = os.read(source, 1 << 16)
+        except OSError:
+            return
+        if not chunk:
+            if deciding and start and not start.startswith(marker):
+                _write_all(target, start)
+            elif deciding:
+                held += start
+            return
+        if deciding:
+            start += chunk
+            if len(start) < len(marker) and marker.startswith(start):
+                continue  # too short to tell yet
+            deciding = False
+            if start.startswith(marker):
+                held += start
+                continue
+            chunk = start
+        if held:
+            held += chunk
+        elif not _write_all(target, chunk):
+            os.close(source)
+            return
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write DATA to FD; False when its reader has gone."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        return False
+    return True
+
+
+def _not_started(code: int, text: bytes, marker: bytes,
+                 command: Sequence[str]) -> tuple[int, str] | None:
+    """(exit code, message) when TEXT is docker's or tini's report that COMMAND could not be
+    started, following docker's convention: 127 not found, 126 not executable."""
+    if code not in (126, 127) or not text.startswith(marker):
+        return None
+    reason = text.decode("utf-8", errors="replace").strip().lower()
+    shown = repr(command[0]) if command else "the command"
+    if ("not found" in reason or "no such file" in reason) and "permission denied" not in reason:
+        return 127, f"command not found in the sandbox: {shown}"
+    if "permission denied" in reason or "is a directory" in reason:
+        return 126, f"command not executable in the sandbox: {shown} (permission denied)"
+    line = text.decode("utf-8", errors="replace").strip().splitlines()[0]
+    return 126, f"could not start {shown} in the sandbox: {line}"
 
 
 def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) -> None:
@@ -166,7 +269,8 @@ def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) ->
 
 
 def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
-            max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
+            max_capture: int = DEFAULT_MAX_CAPTURE, intercept: Intercept | None = None,
+            command: Sequence[str] = ()) -> ExecResult:
     """Run an attached docker client keeping at most MAX_CAPTURE bytes of each stream."""
     began = time.monotonic()
     proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
@@ -182,8 +286,31 @@ def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: St
     outcome = _finish(proc, timeout, stop)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_SECONDS)
-    return ExecResult(outcome.code, bytes(out), bytes(err), outcome.timed_out, out_cut[0],
-                      err_cut[0], int((time.monotonic() - began) * 1000), outcome.stop_failed)
+    result = ExecResult(outcome.code, bytes(out), bytes(err), outcome.timed_out, out_cut[0],
+                        err_cut[0], int((time.monotonic() - began) * 1000), outcome.stop_failed)
+    if intercept is not None:
+        watched = result.stdout if intercept[0] == 1 else result.stderr
+        failed = _not_started(result.exit_code, watched, intercept[1], command)
+        if failed is not None:  # docker's or tini's line is ours now, on stderr only
+            result.exit_code, result.not_started = failed
+            result.stdout, result.stderr = b"", f"{PREFIX}{failed[1]}\n".encode()
+    return result
+
+
+PREFIX = "sandbox: error: "  # as ui.error writes it (ui is not imported on the hot path)
+
+
+def oom_killed(target: str, since: float) -> bool:
+    """True when Docker reported the kernel's OOM killer in container TARGET since SINCE (a
+    wall-clock time). On cgroup v1, `.State.OOMKilled` stays false for an exec's process (it
+    covers the main process only) and the cgroup's oom_kill count never goes back down, so
+    the daemon's `oom` events of the run's window are what tells."""
+    argv = docker.oom_events_argv(target, since - 0.05, time.time() + 0.05)
+    try:
+        proc = docker.run_docker(argv, check=False)
+    except SandboxError:
+        return False
+    return proc.returncode == 0 and "oom" in proc.stdout.split()
 
 
 Result = TypeVar("Result", Outcome, ExecResult)
@@ -191,7 +318,7 @@ Result = TypeVar("Result", Outcome, ExecResult)
 
 def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
           workdir: str | None, timeout: float | None,
-          run: Callable[..., Result], captured: bool) -> Result:
+          run: Callable[..., Result], captured: bool, tty: bool | None = None) -> Result:
     """Check NAME is live, then `docker exec` COMMAND, streamed or captured; -e values go
     through a private env file that lives as long as the exec."""
     if not command or not command[0]:
@@ -202,18 +329,35 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
     record = require(store, name)
     target = container_ref(record)
     user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
-    forward, tty = stdin_mode()
+    forward, use_tty = stdin_mode(tty)
     if captured:  # no terminal: stdout and stderr must stay apart
-        forward, tty = forward and not os.isatty(0), False
+        forward, use_tty = forward and not os.isatty(0), False
     tag = _new_tag()
+    began = time.time()
     with docker.env_file(env) as env_path:
-        argv = docker.exec_argv(target, command, marker=tag.marker, user=user, env_file=env_path,
-                                workdir=workdir, stdin=forward, tty=tty)
+        argv = docker.exec_argv(target, command, marker=tag.marker, user=user,
+                                env_file=env_path, workdir=workdir, stdin=forward, tty=use_tty)
+        # With a tty, docker's line shares the terminal with the command's: nothing to move.
+        intercept = None if use_tty else (1, OCI_MARKER)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(target, tag))
+                      stop=lambda: kill_in_container(target, tag), intercept=intercept,
+                      command=command)
+    return finish_report(outcome, target, began, str(record.options.get("memory", "")),
+                         check=lambda: _require_running(target, name))
+
+
+def finish_report(outcome: Result, target: str, began: float, memory: str,
+                  check: Callable[[], None] | None = None) -> Result:
+    """After an exec or run: tell a dead or unreachable sandbox from a failed command (CHECK),
+    and learn whether a 137 was the OOM killer."""
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
-    if code in _DOCKER_EXEC_FAILURES:
-        _require_running(target, name)
+    if check is not None and code in _DOCKER_EXEC_FAILURES and not outcome.not_started:
+        check()
+    if code == 137 and not outcome.timed_out and oom_killed(target, began):
+        if isinstance(outcome, ExecResult):
+            outcome.oom_killed, outcome.memory = True, memory
+            return outcome
+        return outcome._replace(oom_killed=True, memory=memory)
     return outcome
 
 
@@ -222,10 +366,14 @@ _DOCKER_EXEC_FAILURES = (1, 125, 126, 127)
 
 
 def _require_running(target: str, name: str) -> None:
-    """After a failed exec, tell a dead, paused or vanished container from a failed command."""
+    """After a failed exec, tell a dead, paused or vanished container, or a daemon we cannot
+    reach, from a failed command."""
     proc = docker.run_docker(docker.state_argv(target), check=False)
     status = proc.stdout.strip()
     if proc.returncode != 0:
+        failure = docker.classify_failure(proc.args, proc.returncode, proc.stderr)
+        if not isinstance(failure, SandboxNotFound):  # unreachable daemon, or another failure
+            raise failure
         raise SandboxNotFound(f"sandbox {name!r} has no container any more: "
                               f"`sandbox purge {name}` clears it")
     if status != "running":
@@ -234,9 +382,10 @@ def _require_running(target: str, name: str) -> None:
 
 def exec_streaming(store: StateStore, name: str, command: Sequence[str], *,
                    env: dict[str, str] | None = None, workdir: str | None = None,
-                   timeout: float | None = None) -> Outcome:
-    """`sandbox exec`: run COMMAND in NAME, streamed."""
-    return _exec(store, name, command, env or {}, workdir, timeout, stream, captured=False)
+                   timeout: float | None = None, tty: bool | None = None) -> Outcome:
+    """`sandbox exec`: run COMMAND in NAME, streamed. TTY: -t / -T, None to decide."""
+    return _exec(store, name, command, env or {}, workdir, timeout, stream, captured=False,
+                 tty=tty)
 
 
 def exec_captured(store: StateStore, name: str, command: Sequence[str], *,

@@ -114,15 +114,39 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
     return masked
 
 
-def report_stop(outcome: Any, timeout: str | None, name: str) -> None:
-    """After exec or run: say what a timeout did, and never claim a stop that did not happen.
-    OUTCOME is an execute.Outcome or ExecResult (both have timed_out and stop_failed)."""
+def report_stop(outcome: Any, timeout: float | None, name: str) -> None:
+    """After exec or run: say why the command could not start, what a timeout did (never
+    claiming a stop that did not happen), and that the OOM killer struck. OUTCOME is an
+    execute.Outcome or ExecResult (both have these fields); TIMEOUT is in seconds."""
+    if outcome.not_started:
+        error(outcome.not_started)
     if outcome.stop_failed:
-        lead = f"timed out after {timeout}; " if outcome.timed_out else ""
+        lead = f"timed out after {duration(timeout)}; " if outcome.timed_out else ""
         error(f"{lead}could not stop the command inside the container (no sh in the image, or "
               f"its process limit is reached): `sandbox purge {name}` ends it")
     elif outcome.timed_out:
-        error(f"timed out after {timeout}; the command was stopped in the container")
+        error(f"timed out after {duration(timeout)}; the command was stopped in the container")
+    if outcome.oom_killed:
+        limit = f" (limit {outcome.memory})" if outcome.memory else ""
+        info(f"killed: out of memory{limit}")
+
+
+def duration(seconds: float | None) -> str:
+    """A span with its unit, as people write it: 1 s, 2.5 s, 5 min, 1 h 30 min."""
+    if seconds is None:
+        return "?"
+    if seconds < 60 or seconds % 60:
+        return f"{seconds:g} s"
+    minutes = int(seconds // 60)
+    if minutes < 60 or (minutes % 60 and minutes < 600):
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min" if hours else f"{minutes} min"
+    return f"{minutes / 60:g} h"
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """'1 file', '2 files', '1 sandbox', '0 sandboxes'."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 def mask_url(text: str) -> str:
@@ -221,7 +245,7 @@ def _stderr_console() -> Any:
 def doctor_report(checks: Sequence[dict[str, Any]]) -> None:
     """`sandbox doctor`: one line a check, with the fix under each problem."""
     for check in checks:
-        mark = "ok " if check["ok"] else "FAIL"
+        mark = " ok " if check["ok"] else "FAIL"  # the same width: the names line up
         data(f"[{mark}] {check['name']}: {check['detail']}")
         if not check["ok"] and check.get("fix"):
             data(f"       fix: {check['fix']}")
