@@ -162,6 +162,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 OCI_MARKER = b"OCI runtime exec failed"
 TINI_MARKER = b"[FATAL tini ("
 Intercept = tuple[int, bytes]  # (our fd 1 or 2, marker): relay that stream, watching for MARKER
+HOLD_MAX = 64 * 1024  # docker's and tini's lines are far shorter
 
 
 def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
@@ -222,7 +223,13 @@ def _relay(source: int, target: int, marker: bytes, held: bytearray) -> None:
             chunk = start
         if held:
             held += chunk
-        elif not _write_all(target, chunk):
+            if len(held) <= HOLD_MAX:
+                continue
+            # Longer than any line of docker's: the command's own output, which may be
+            # endless. Pass it on (memory stays bounded) and stop holding.
+            chunk = bytes(held)
+            held.clear()
+        if not _write_all(target, chunk):
             os.close(source)
             return
 

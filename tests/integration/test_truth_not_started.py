@@ -4,11 +4,12 @@ with our one line on stderr and nothing on stdout; typos and docker habits get a
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUSYBOX_IMAGE, Runner
+from tests.conftest import BUSYBOX_IMAGE, CLI, Runner
 
 
 @pytest.mark.parametrize(("command", "code", "line"), [
@@ -33,6 +34,23 @@ def test_output_that_only_looks_like_dockers_is_passed_on(box: str, sandbox: Run
     proc = sandbox("exec", box, "sh", "-c", "echo 'OCI runtime exec failed: fake'; echo more")
     assert proc.returncode == 0
     assert proc.stdout == b"OCI runtime exec failed: fake\nmore\n"
+
+
+def test_endless_look_alike_output_streams_rather_than_piling_up(box: str,
+                                                                 sandbox: Runner) -> None:
+    # Held back until the exit code is known, such output would grow our memory without end:
+    # past a bound it is passed on as it comes, and a reader sees it before the command ends.
+    cmd = ("echo 'OCI runtime exec failed: fake'; head -c 200000 /dev/zero; "
+           "sleep 30; exit 127")
+    proc = subprocess.Popen([*CLI, "exec", box, "sh", "-c", cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.read(100_000)  # arrives long before the 30 s sleep ends
+        assert first.startswith(b"OCI runtime exec failed: fake\n")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize(("args", "expected"), [

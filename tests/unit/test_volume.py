@@ -153,8 +153,8 @@ def test_evicted_directory_is_resolved_again_from_the_root(root: tuple[Path, int
 @pytest.mark.parametrize(("source_mode", "expected"), [
     (0o755, 0o775), (0o644, 0o664), (0o700, 0o770), (0o4777, 0o775), (0o2751, 0o771),
 ])
-def test_copy_file_in_keeps_permission_bits_shared_with_the_group(root: tuple[Path, int], tmp_path: Path,
-                                                      source_mode: int, expected: int) -> None:
+def test_copy_file_in_keeps_permission_bits_shared_with_the_group(
+        root: tuple[Path, int], tmp_path: Path, source_mode: int, expected: int) -> None:
     folder, root_fd = root
     src = _host_file(tmp_path, source_mode)
     try:
