@@ -417,7 +417,8 @@ class _Walk:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except PermissionError:
                 continue
-            if self.use_gitignore and any(e.name == ".gitignore" for e in entries):
+            if (rel_dir and self.use_gitignore  # the root's own was read with the work tree's
+                    and any(e.name == ".gitignore" for e in entries)):
                 own = _ignore_rules(os.path.join(folder, ".gitignore"))
                 if own:
                     groups = [*groups, (len(self.prefix) + len(rel_dir), own)]
