@@ -482,10 +482,9 @@ def select_files(root: str, patterns: Sequence[str], excludes: Sequence[str] = (
     walk.run(groups)
     unused = [p for p, used in zip(patterns, walk.used, strict=True) if not used]
     if unused:
-        shown = ", ".join(repr(p) for p in unused)
-        what = "pattern matches" if len(unused) == 1 else "patterns match"
-        hint = "" if not use_gitignore else " (or only files .gitignore leaves out)"
-        raise InvalidInput(f"{what} no files under {root}{hint}: {shown}")
+        shown = " nor ".join(repr(p) for p in unused)
+        hint = "" if not use_gitignore else " (that .gitignore leaves in)"
+        raise InvalidInput(f"no files match {shown} under {root}{hint}")
     walk.selection.files.sort()
     return walk.selection
 
