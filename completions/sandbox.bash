@@ -55,8 +55,8 @@ _sandbox_spec() {
             args=(sandbox none none)
             ;;
         read)
-            flags=(--help -h)
-            valued=()
+            flags=(--max-size --help -h)
+            valued=(--max-size)
             files=()
             args=(sandbox none)
             ;;

@@ -75,7 +75,7 @@ function __sandbox_state
                     set files
                     set args sandbox none none
                 case read
-                    set valued
+                    set valued --max-size
                     set files
                     set args sandbox none
                 case copy-to
@@ -205,6 +205,7 @@ complete -c sandbox -n '__sandbox_options exec' -l help -s h -d 'Show this messa
 complete -c sandbox -n '__sandbox_options write' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox read`.
+complete -c sandbox -n '__sandbox_options read' -l max-size -x -d 'Refuse a file larger than this (e.g. 100m, 4g)'
 complete -c sandbox -n '__sandbox_options read' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox copy-to`.

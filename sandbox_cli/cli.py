@@ -293,11 +293,19 @@ def write(
 def read(
     name: NameArg,
     path: PathArg,
+    max_size: Annotated[
+        str,
+        typer.Option("--max-size", metavar="SIZE",
+                     help="Refuse a file larger than this (e.g. 100m, 4g)."),
+    ] = "1g",
 ) -> None:
     """Write a file's bytes from the sandbox folder to stdout."""
+    from .volume import parse_size
+
+    limit = parse_size(max_size)
     with ui.writing_stdout():
         sys.stdout.flush()
-        sandbox.read_file(_store(), name, path, sys.stdout.fileno())
+        sandbox.read_file(_store(), name, path, sys.stdout.fileno(), limit)
 
 
 @app.command("copy-to")
@@ -456,7 +464,9 @@ def run(
     """Start, copy, exec and purge in one: exits with the command's code, always cleans up."""
     seconds = _timeout_seconds(timeout)
     directory = validate.container_dir(workdir) if workdir else None
-    patterns = [validate.glob(p) for p in copy or []]
+    from .selection import pattern
+
+    patterns = [pattern(p) for p in copy or []]
     options = _resolve_start(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk,

@@ -335,12 +335,14 @@ def write_file(store: StateStore, name: str, path: str, source: BinaryIO | bytes
         return volume.write_from(root, parts, source, file_owner(record))
 
 
-def read_file(store: StateStore, name: str, path: str, out_fd: int) -> int:
-    """Copy the file at PATH to OUT_FD; returns the bytes copied."""
+def read_file(store: StateStore, name: str, path: str, out_fd: int,
+              max_size: int = volume.READ_MAX_DEFAULT) -> int:
+    """Copy the file at PATH to OUT_FD (refused when over MAX_SIZE bytes); returns the bytes
+    copied."""
     parts = validate.sandbox_path(path)
     require(store, name)
     with volume.opened_root(store.volumes_dir, name) as root:
-        return volume.read_to(root, parts, out_fd)
+        return volume.read_to(root, parts, out_fd, max_size)
 
 
 class CopyProgress(Protocol):
@@ -366,13 +368,14 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
             source_root: str | None = None, progress: CopyProgress | None = None,
             ) -> CopySummary:
     """Copy host files matching PATTERNS (below SOURCE_ROOT, default cwd) into DEST."""
-    from .selection import select_files  # imports pathspec: only this command needs it
+    from .selection import check_dest, pattern, select_files  # only this command needs them
 
     dest_parts = validate.sandbox_path(dest, allow_root=True)
-    for pattern in (*patterns, *excludes):
-        validate.glob(pattern)
+    for text in (*patterns, *excludes):
+        pattern(text)
     record = require(store, name)
     root = os.path.abspath(source_root or os.getcwd())
+    check_dest(root, patterns, dest)
     selection = select_files(root, patterns, excludes, use_gitignore)
     if progress:
         progress.begin(len(selection.files))

@@ -24,22 +24,45 @@ def is_terminal(stream: Any) -> bool:
     return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """TEXT safe for a terminal: control and other non-printable characters (newlines, escape
+    sequences, bidi overrides, undecodable bytes) shown as \\n, \\x1b, \\u202e, ..., so a name
+    from a container can neither drive the terminal nor forge a line of ours."""
+    if text.isprintable():
+        return text  # the common case costs one scan
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def error(message: str) -> None:
-    """One line on stderr: `sandbox: error: MESSAGE`."""
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    """One line on stderr: `sandbox: error: MESSAGE` (escaped: never a second line)."""
+    first = printable(message.strip()) if message.strip() else "unknown error"
     sys.stderr.write(f"{PROG}: error: {first}\n")
     sys.stderr.flush()
 
 
 def warn(message: str) -> None:
-    """One line of warning on stderr."""
-    sys.stderr.write(f"{PROG}: warning: {message}\n")
+    """One line of warning on stderr (escaped)."""
+    sys.stderr.write(f"{PROG}: warning: {printable(message)}\n")
     sys.stderr.flush()
 
 
 def info(message: str) -> None:
-    """One line of talk on stderr."""
-    sys.stderr.write(f"{PROG}: {message}\n")
+    """One line of talk on stderr (escaped)."""
+    sys.stderr.write(f"{PROG}: {printable(message)}\n")
     sys.stderr.flush()
 
 
@@ -182,10 +205,10 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
         if key == "network":
             return "on" if value else "off"
         if key == "ports":
-            return ",".join(value or []) or "-"
+            return printable(",".join(value or []) or "-")
         if key == "expires_at":
-            return "never" if row.get("keep") else (value or "-")
-        return str(value if value not in (None, "") else "-")
+            return "never" if row.get("keep") else printable(str(value or "-"))
+        return printable(str(value if value not in (None, "") else "-"))
 
     if not is_terminal(sys.stdout):
         for row in rows:

@@ -18,9 +18,10 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import UnsafePath
+from .errors import InvalidInput, UnsafePath
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -32,6 +33,30 @@ PATH_MAX = 4096  # bytes in a path with its NUL: the container cannot name anyth
 # (not you, unless you are root) change what you put there.
 FILE_MODE, DIR_MODE = 0o664, 0o775
 _SHOWN_MAX = 160  # characters of a path quoted in a message
+READ_MAX_DEFAULT = 1 << 30  # bytes `read` (and any copy out) takes unless told otherwise
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'512k', '10m', '1g', '2T', '100' (bytes) -> bytes; binary units, optional trailing b/ib."""
+    value = text.strip().lower()
+    for tail in ("ib", "b"):
+        if len(value) > 1 and value.endswith(tail) and value[-len(tail) - 1].isalpha():
+            value = value[: -len(tail)]
+            break
+    unit = value[-1:] if value[-1:].isalpha() else ""
+    number = value[: len(value) - len(unit)]
+    if unit not in _SIZE_UNITS or not number.isdigit() or int(number) <= 0:
+        raise InvalidInput(f"invalid size {text!r}: expected e.g. 100m or 2g")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _bytes_text(count: int) -> str:
+    """1073741824 -> '1 GiB', 1536 -> '1536 bytes'; exact, for limits quoted in refusals."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size} {unit}"
+    return f"{count} bytes"
 
 
 def _show(parts: Iterable[str]) -> str:
@@ -73,12 +98,16 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _dir_refusal(exc: OSError, shown: str) -> UnsafePath | None:
-    """The refusal an error opening directory SHOWN stands for, or None for a host failure."""
+def _dir_refusal(exc: OSError, shown: str, parent_fd: int = -1,
+                 name: str = "") -> UnsafePath | None:
+    """The refusal an error opening directory SHOWN (NAME beneath PARENT_FD) stands for, or
+    None for a host failure. A link in place of a folder is named as one."""
     if exc.errno == errno.ENOENT:
         return UnsafePath(f"{shown}: no such directory")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return UnsafePath(f"{shown}: refusing to follow, not a directory")
+        if exc.errno == errno.ELOOP or _is_link(parent_fd, name):
+            return UnsafePath(f"{shown}: is a symbolic link; refusing to follow it")
+        return UnsafePath(f"{shown}: not a directory")
     if exc.errno == errno.EACCES:
         return UnsafePath(f"{shown}: permission denied")
     if exc.errno == errno.ENAMETOOLONG:
@@ -86,12 +115,22 @@ def _dir_refusal(exc: OSError, shown: str) -> UnsafePath | None:
     return None
 
 
+def _is_link(parent_fd: int, name: str) -> bool:
+    """Whether NAME beneath PARENT_FD is a symbolic link now (never follows it)."""
+    if parent_fd < 0 or not name:
+        return False
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def open_dir_at(parent_fd: int, name: str, shown: str) -> int:
     """Open directory NAME beneath PARENT_FD, refusing links and anything not a directory."""
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
-        refusal = _dir_refusal(exc, shown)
+        refusal = _dir_refusal(exc, shown, parent_fd, name)
         if refusal is None:
             raise
         raise refusal from None
@@ -166,7 +205,7 @@ class DirWalker:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:  # the message is built only on failure: depth costs no O(n^2)
-            refusal = _dir_refusal(exc, _show(parts))
+            refusal = _dir_refusal(exc, _show(parts), parent, name)
             if refusal is None:
                 raise
             raise refusal from None
@@ -197,7 +236,9 @@ def open_regular_file(dir_fd: int, name: str, shown: str) -> tuple[int, os.stat_
     """Open NAME for reading only if it is a regular file; FIFOs and devices are never opened.
 
     An O_PATH descriptor pins the inode and is checked first; it is then reopened through
-    /proc/self/fd, which reaches that same inode whatever the container does to the name.
+    /proc/self/fd, which reaches that same inode whatever the container does to the name. That
+    open is O_NONBLOCK: a lease the container holds on its file (F_SETLEASE) would otherwise make
+    us wait the kernel's lease-break time (45 s by default); it is refused at once instead.
     """
     try:
         path_fd = os.open(name, _PATH_FLAGS, dir_fd=dir_fd)
@@ -207,24 +248,36 @@ def open_regular_file(dir_fd: int, name: str, shown: str) -> tuple[int, os.stat_
         st = os.fstat(path_fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(f"{shown}: refusing to read {_kind(st.st_mode)}")
-        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            fd = os.open(f"/proc/self/fd/{path_fd}",
+                         os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except BlockingIOError:
+            raise UnsafePath(f"{shown}: locked by the container (a file lease); "
+                             "not read") from None
     finally:
         os.close(path_fd)
     return fd, st
 
 
-def read_to(root_fd: int, parts: tuple[str, ...], out_fd: int) -> int:
+def read_to(root_fd: int, parts: tuple[str, ...], out_fd: int,
+            max_size: int = READ_MAX_DEFAULT) -> int:
     """Copy the file at PARTS to OUT_FD in bounded chunks; returns the bytes written.
 
-    Reads at most the size the file had when opened, so a container that keeps appending
-    cannot keep us reading forever.
+    A file larger than MAX_SIZE when opened (a sparse `truncate -s 1T` file included) is
+    refused before a byte is written. The copy then takes at most the size the file had when
+    opened, itself at most MAX_SIZE, so a container that keeps appending cannot keep us reading
+    forever nor past the limit. Every copy out of a sandbox should come through here.
     """
     _check_length(parts)
-    with _refuse_too_long(_show(parts)), DirWalker(root_fd) as walker:
+    shown = _show(parts)
+    with _refuse_too_long(shown), DirWalker(root_fd) as walker:
         parent = walker.dir_fd(parts[:-1], create=False)
-        fd, st = open_regular_file(parent, parts[-1], _show(parts))
+        fd, st = open_regular_file(parent, parts[-1], shown)
     try:
-        return _copy_fd(fd, out_fd, st.st_size)
+        if st.st_size > max_size:
+            raise UnsafePath(f"{shown}: {st.st_size} bytes, over the read limit of "
+                             f"{_bytes_text(max_size)} (raise it with --max-size)")
+        return _copy_fd(fd, out_fd, min(st.st_size, max_size))
     finally:
         os.close(fd)
 
@@ -402,12 +455,73 @@ def _unlink_entry(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+_BATCH = 4096  # subfolder names taken from one scan of a directory
+_PENDING_MAX = 1 << 16  # subfolder names held over all levels of the walk at once
+
+
+@dataclass
+class _Level:
+    """One directory on the removal path: its name, identity and the subfolders still to go."""
+
+    name: str
+    dev: int
+    ino: int
+    pending: list[str] = field(default_factory=list)
+    complete: bool = False  # the last scan reached the end: nothing is left beyond PENDING
+
+
+def _scan_level(fd: int, level: _Level, room: int) -> None:
+    """Unlink the non-directories of FD and note up to ROOM (at least one) subfolder names.
+
+    One scan reads each entry once; a directory with more subfolders than ROOM is scanned again
+    only after those are gone, so a folder of N subfolders costs N / _BATCH scans, not N.
+    """
+    room = max(1, room)
+    level.complete = True
+    found: list[tuple[int, str]] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if len(found) >= room:
+                    level.complete = False
+                    break
+                found.append((entry.inode(), entry.name))
+            else:
+                _unlink_entry(fd, entry.name)
+    # Taken (popped) in inode order, as rm -rf does: neighbouring inodes share disk blocks.
+    found.sort(reverse=True)
+    level.pending = [name for _, name in found]
+
+
+def _rmdir_if_empty(dir_fd: int, name: str) -> bool:
+    """Remove NAME beneath DIR_FD when it is an empty folder (or unlink it when it turned into
+    something else); False when it has entries and must be walked."""
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        os.fchmod(dir_fd, 0o700)
+        return _rmdir_if_empty(dir_fd, name)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        if exc.errno == errno.ENOTDIR:  # no longer a folder: remove it as a file
+            _unlink_entry(dir_fd, name)
+            return True
+        raise
+
+
 def remove_tree(parent_fd: int, name: str) -> None:
     """Delete NAME beneath PARENT_FD and everything in it, never leaving that directory.
 
     Links are unlinked, never followed. Only one directory descriptor is held at a time and the
     walk is iterative, so a planted tree thousands of levels deep neither exhausts descriptors
-    nor the stack; every step back up through '..' is checked against the recorded inode.
+    nor the stack; every step back up through '..' is checked against the recorded inode. Each
+    subfolder is first tried with rmdir (an empty one costs one call, no descent), and a scan
+    notes a batch of subfolder names (bounded per level and overall), so the work is linear in
+    the number of entries rather than a rescan of the folder after each subfolder.
     """
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -418,28 +532,35 @@ def remove_tree(parent_fd: int, name: str) -> None:
         return
     current = _open_for_removal(parent_fd, name)
     top = os.fstat(current)
-    path: list[tuple[str, int, int]] = [(name, top.st_dev, top.st_ino)]
+    path = [_Level(name, top.st_dev, top.st_ino)]
+    held = 0  # subfolder names pending over all levels
     try:
         while True:
-            child_name = None
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        child_name = entry.name
-                        break
-                    _unlink_entry(current, entry.name)
-            if child_name is not None:
+            level = path[-1]
+            if not level.pending and not level.complete:
+                _scan_level(current, level, min(_BATCH, _PENDING_MAX - held))
+                held += len(level.pending)
+            child = None
+            while level.pending:
+                child_name = level.pending.pop()
+                held -= 1
+                if not _rmdir_if_empty(current, child_name):
+                    child = child_name
+                    break
+            if child is not None:
                 try:
-                    child = _open_for_removal(current, child_name)
+                    child_fd = _open_for_removal(current, child)
                 except PermissionError:
                     os.fchmod(current, 0o700)
-                    child = _open_for_removal(current, child_name)
-                cst = os.fstat(child)
+                    child_fd = _open_for_removal(current, child)
+                cst = os.fstat(child_fd)
                 os.close(current)
-                current = child
-                path.append((child_name, cst.st_dev, cst.st_ino))
+                current = child_fd
+                path.append(_Level(child, cst.st_dev, cst.st_ino))
                 continue
-            done_name = path.pop()[0]
+            if not level.complete:
+                continue  # more subfolders beyond the last batch: scan again
+            done_name = path.pop().name
             if not path:
                 os.close(current)
                 current = -1
@@ -451,7 +572,7 @@ def remove_tree(parent_fd: int, name: str) -> None:
                 return
             up = os.open("..", _DIR_FLAGS, dir_fd=current)
             ust = os.fstat(up)
-            if (ust.st_dev, ust.st_ino) != path[-1][1:]:
+            if (ust.st_dev, ust.st_ino) != (path[-1].dev, path[-1].ino):
                 os.close(up)
                 raise UnsafePath("sandbox folder changed during removal; stopped")
             os.close(current)

@@ -318,3 +318,32 @@ def test_deeply_nested_option_neither_breaks_loading_nor_saving(tmp_path: Path) 
         records["box-1"].keep = True
     saved = json.loads(Path(store.path).read_text())["sandboxes"]["box-1"]
     assert saved["keep"] is True and saved["options"] == {"memory": "1g"}
+
+
+def test_remove_tree_reads_a_wide_folder_a_bounded_number_of_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """purge rescanned a folder from its start after each subfolder (80,000 empty subfolders:
+    58 s against 9 s for rm -rf); now empty ones go by rmdir and names are read in batches."""
+    import sandbox_cli.volume as volume_module
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for i in range(3000):
+        (victim / f"d{i}").mkdir()
+    (victim / "d7" / "f").write_text("x")
+    (victim / "d8" / "sub").mkdir()
+    scans = []
+    real = os.scandir
+
+    def counting(fd: int) -> object:
+        scans.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(volume_module.os, "scandir", counting)
+    parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        volume_module.remove_tree(parent, "victim")
+    finally:
+        os.close(parent)
+    assert not victim.exists()
+    assert len(scans) <= 6, len(scans)
