@@ -205,7 +205,7 @@ def start(
         image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
     )
     store = _store()
-    record = sandbox.start(store, options, name, progress=ui.info)
+    record = sandbox.start(store, options, name, progress=ui.info, report=ui.info)
     if json_out:
         ui.emit_json(_record_json(record, store))
     else:
@@ -344,7 +344,7 @@ def purge(
     """Remove sandboxes: with names, those; with none, every one not started with --keep."""
     if names and everything:
         raise InvalidInput("give names or --all, not both")
-    removed = sandbox.purge(_store(), names or [], everything)
+    removed = sandbox.purge(_store(), names or [], everything, report=ui.info)
     if json_out:
         ui.emit_json({"removed": removed})
     else:
@@ -356,8 +356,8 @@ def purge(
 
 @app.command("ls")
 def list_(json_out: JsonOpt = False) -> None:
-    """List sandboxes: a table on a terminal, tab-separated lines when piped."""
-    rows = sandbox.list_sandboxes(_store())
+    """List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped."""
+    rows = sandbox.list_sandboxes(_store(), report=ui.info)
     if json_out:
         ui.emit_json([{k: v for k, v in row.items() if k != "tracked"} for row in rows])
     else:
@@ -396,6 +396,7 @@ def run(
     network: NetworkOpt = None,
     port: PortOpt = None,
     env: EnvOpt = None,
+    ttl: TtlOpt = None,
     memory: MemoryOpt = None,
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
@@ -421,7 +422,7 @@ def run(
     directory = validate.container_dir(workdir) if workdir else None
     patterns = [validate.glob(p) for p in copy or []]
     options = _resolve_start(
-        image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
+        image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
         cap_add,
     )
     forward, tty = execute.stdin_mode()
@@ -429,7 +430,7 @@ def run(
         forward, tty = forward and not sys.stdin.isatty(), False
     store = _store()
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=tty, progress=ui.info)
+                                     stdin=forward, tty=tty, progress=ui.info, report=ui.info)
     finished = False
     try:
         if patterns:
@@ -437,7 +438,7 @@ def run(
         argv = docker.start_attached_argv(record.name, stdin=forward)
 
         def stop() -> bool:  # the command is the container's main process: end the container
-            sandbox.remove_container(record.name)
+            sandbox.remove_container(sandbox.container_ref(record))
             return True
 
         outcome: execute.Outcome | execute.ExecResult
@@ -452,7 +453,7 @@ def run(
         finished = not outcome.timed_out
         ui.report_stop(outcome, timeout, record.name)
     finally:
-        sandbox.discard(store, record.name, container_gone=finished)
+        sandbox.discard(store, record, container_gone=finished)
     raise typer.Exit(code)
 
 
