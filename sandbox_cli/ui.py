@@ -151,8 +151,8 @@ LS_COLUMNS = ("name", "status", "image", "network", "ports", "expires_at", "volu
 
 
 def relative_time(iso: str, now: float | None = None) -> str:
-    """An ISO 8601 UTC time as `in 42m`, `expired 3m ago` (ls on a terminal); ISO itself
-    when it does not parse."""
+    """An ISO 8601 UTC time as `in 42m` or `3m ago` (ls on a terminal, where STATUS says
+    `expired`); ISO itself when it does not parse."""
     import time
 
     from .state import parse_iso
@@ -170,7 +170,7 @@ def relative_time(iso: str, now: float | None = None) -> str:
         span = f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     else:
         span = f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-    return f"in {span}" if delta >= 0 else f"expired {span} ago"
+    return f"in {span}" if delta >= 0 else f"{span} ago"
 
 
 def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -200,8 +200,9 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
 
     styled = "NO_COLOR" not in os.environ
     table = Table(box=None, header_style="bold" if styled else "", pad_edge=False)
-    for key in LS_COLUMNS:
-        table.add_column(key.replace("_at", "").upper())
+    for key in LS_COLUMNS:  # at 80 columns, image and volume give way, never these
+        table.add_column(key.replace("_at", "").upper(),
+                         no_wrap=key in ("name", "status", "expires_at"))
     for row in rows:
         table.add_row(*(cell(row, k) for k in LS_COLUMNS))
     if not rows:
