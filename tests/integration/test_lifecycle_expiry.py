@@ -31,7 +31,7 @@ def _docker_shim(tmp_path: Path, hang_on: str) -> dict[str, str]:
     script = tmp_path / "docker-shim"
     fail = hang_on.startswith("fail:")
     verb = hang_on.removeprefix("fail:")
-    action = 'echo "Error response from daemon: wedged" >&2; exit 1' if fail else "sleep 600"
+    action = 'echo "Error response from daemon: wedged" >&2; exit 1' if fail else "sleep 60"
     script.write_text(f'#!/bin/sh\nif [ "$1" = "{verb}" ]; then {action}; fi\n'
                       f'exec docker "$@"\n')
     script.chmod(0o755)
