@@ -114,8 +114,10 @@ def run_argv(spec: RunSpec) -> list[str]:
 # run's lifetime, kept by the container itself: a background sleeper kills every process at the
 # TTL (tini, PID 1, then exits and Docker's --rm removes the container), while `exec` makes the
 # command the shell's successor, so its exit code, signals and stdin are the command's own.
-# Background jobs of a non-interactive sh read /dev/null, so the sleeper never takes stdin.
-TTL_SCRIPT = '(sleep "$1"; kill -KILL -1) & shift; exec "$@"'
+# Background jobs of a non-interactive sh read /dev/null, so the sleeper never takes stdin. The
+# shell is /bin/sh and the sleeper has its own PATH: a `-e PATH=...` is the command's alone.
+TTL_SCRIPT = ('(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; '
+              'sleep "$1"; kill -KILL -1) & shift; exec "$@"')
 
 
 def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = None,
@@ -132,7 +134,7 @@ def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = 
         argv.append("--tty")
     if spec.ttl_seconds is None:
         return [*argv, "--entrypoint", command[0], spec.image, *command[1:]]
-    return [*argv, "--entrypoint", "sh", spec.image, "-c", TTL_SCRIPT, "sandbox-ttl",
+    return [*argv, "--entrypoint", "/bin/sh", spec.image, "-c", TTL_SCRIPT, "sandbox-ttl",
             str(spec.ttl_seconds), *command]
 
 

@@ -3,6 +3,7 @@ user's, never another SANDBOX_HOME's sandbox."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,9 +88,7 @@ def test_start_killed_mid_docker_run_removes_its_container_by_label(
         assert _docker("ps", "-aq", "--filter", f"name=^{name}$").stdout == ""
         assert not (home / "volumes" / name).exists()
     finally:
-        try:  # the shim's sleep, left in the test's own process group
+        with contextlib.suppress(ProcessLookupError):  # the shim's sleep, in the test's group
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
         _docker("rm", "-f", name)

@@ -163,7 +163,7 @@ def test_run_gets_an_in_container_ttl() -> None:
     spec = docker.RunSpec(name="b", image="img", volume="/v", user="1:1", home_label="h",
                           ttl_seconds=60, attempt="n1")
     argv = docker.create_argv(spec, ["python", "-c", "print(1)"])
-    assert argv[-10:] == ["--entrypoint", "sh", "img", "-c", docker.TTL_SCRIPT, "sandbox-ttl",
+    assert argv[-10:] == ["--entrypoint", "/bin/sh", "img", "-c", docker.TTL_SCRIPT, "sandbox-ttl",
                           "60", "python", "-c", "print(1)"]
     assert "sandbox-cli.attempt=n1" in argv
     plain = docker.create_argv(docker.RunSpec(name="b", image="img", volume="/v", user="1:1",
