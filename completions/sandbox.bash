@@ -91,11 +91,11 @@ _sandbox_spec() {
             args=(none)
             ;;
         run)
-            flags=(--name --image --network --no-network --port -p --env -e --memory --cpus
-              --pids-limit --read-only --writable-root --runtime --cap-add --copy --timeout
-              --workdir -w --json --help -h)
-            valued=(--name --image --port -p --env -e --memory --cpus --pids-limit --runtime
-              --cap-add --copy --timeout --workdir -w)
+            flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
+              --cpus --pids-limit --read-only --writable-root --runtime --cap-add --copy
+              --timeout --workdir -w --json --help -h)
+            valued=(--name --image --port -p --env -e --ttl --memory --cpus --pids-limit
+              --runtime --cap-add --copy --timeout --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;
