@@ -91,10 +91,10 @@ _sandbox_spec() {
             args=(none)
             ;;
         run)
-            flags=(--name --image --network --no-network --port -p --env -e --memory --disk
-              --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime --cap-add
-              --copy --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
-            valued=(--name --image --port -p --env -e --memory --disk --cpus --pids-limit
+            flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
+              --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime
+              --cap-add --copy --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
+            valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
               --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w)
             files=(--copy)
             args=(argv...)

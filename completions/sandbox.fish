@@ -99,7 +99,7 @@ function __sandbox_state
                     set files
                     set args none
                 case run
-                    set valued --name --image --port -p --env -e --memory --disk --cpus \
+                    set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
                         --pids-limit --tmpfs-size --runtime --cap-add --copy --timeout \
                         --workdir -w
                     set files --copy
@@ -164,7 +164,7 @@ complete -c sandbox -n '__sandbox_at subcommand' -a read -d 'Write a file\'s byt
 complete -c sandbox -n '__sandbox_at subcommand' -a copy-to -d 'Copy host files matching PATTERN (relative to the current directory) into the sandbox'
 complete -c sandbox -n '__sandbox_at subcommand' -a disconnect -d 'Detach a sandbox from every network; published ports stop answering'
 complete -c sandbox -n '__sandbox_at subcommand' -a purge -d 'Remove sandboxes: with names, those; with none, every one not started with --keep'
-complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal, tab-separated lines when piped'
+complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped'
 complete -c sandbox -n '__sandbox_at subcommand' -a build-repo -d 'Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)'
 complete -c sandbox -n '__sandbox_at subcommand' -a run -d 'Start, copy, exec and purge in one: exits with the command\'s code, always cleans up'
 complete -c sandbox -n '__sandbox_at subcommand' -a doctor -d 'Check docker, the daemon, runtimes, the default image and the state folder'
@@ -240,6 +240,7 @@ complete -c sandbox -n '__sandbox_options run' -l image -x -d 'Image to run [def
 complete -c sandbox -n '__sandbox_options run' -l network -l no-network -d 'Give the container a network (off by default)'
 complete -c sandbox -n '__sandbox_options run' -l port -s p -x -d 'Publish [IP:]HOST:CONTAINER[/PROTO]; binds 127.0.0.1 unless IP given'
 complete -c sandbox -n '__sandbox_options run' -l env -s e -x -d 'KEY=VALUE (or KEY to pass the host\'s value)'
+complete -c sandbox -n '__sandbox_options run' -l ttl -x -d 'Lifetime before Docker removes it: 30s, 10m, 2h [default: 1h]'
 complete -c sandbox -n '__sandbox_options run' -l memory -x -d 'Memory limit, no extra swap [default: 1g]'
 complete -c sandbox -n '__sandbox_options run' -l disk -x -d 'Cap on /app\'s bytes and files, or `unlimited` [default: 1g]'
 complete -c sandbox -n '__sandbox_options run' -l cpus -x -d 'CPU limit [default: 1]'

@@ -232,7 +232,7 @@ def start(
         tmpfs_size, disk,
     )
     store = _store()
-    record = sandbox.start(store, options, name, progress=ui.info, warn=ui.warn)
+    record = sandbox.start(store, options, name, progress=ui.info, report=ui.info)
     if json_out:
         ui.emit_json(_record_json(record, store))
     else:
@@ -386,7 +386,7 @@ def purge(
     """Remove sandboxes: with names, those; with none, every one not started with --keep."""
     if names and everything:
         raise InvalidInput("give names or --all, not both")
-    removed = sandbox.purge(_store(), names or [], everything)
+    removed = sandbox.purge(_store(), names or [], everything, report=ui.info)
     if json_out:
         ui.emit_json({"removed": removed})
     else:
@@ -398,8 +398,8 @@ def purge(
 
 @app.command("ls")
 def list_(json_out: JsonOpt = False) -> None:
-    """List sandboxes: a table on a terminal, tab-separated lines when piped."""
-    rows = sandbox.list_sandboxes(_store())
+    """List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped."""
+    rows = sandbox.list_sandboxes(_store(), report=ui.info)
     if json_out:
         ui.emit_json([{k: v for k, v in row.items() if k != "tracked"} for row in rows])
     else:
@@ -438,6 +438,7 @@ def run(
     network: NetworkOpt = None,
     port: PortOpt = None,
     env: EnvOpt = None,
+    ttl: TtlOpt = None,
     memory: MemoryOpt = None,
     disk: DiskOpt = None,
     cpus: CpusOpt = None,
@@ -468,7 +469,7 @@ def run(
 
     patterns = [pattern(p) for p in copy or []]
     options = _resolve_start(
-        image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
+        image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk,
     )
     if json_out and tty:
@@ -478,7 +479,8 @@ def run(
         forward, use_tty = forward and not sys.stdin.isatty(), False
     store = _store()
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=use_tty, progress=ui.info, warn=ui.warn)
+                                     stdin=forward, tty=use_tty, progress=ui.info,
+                                     report=ui.info)
     finished = False
     try:
         if patterns:
@@ -486,7 +488,7 @@ def run(
         argv = docker.start_attached_argv(record.name, stdin=forward)
 
         def stop() -> bool:  # the command is the container's main process: end the container
-            sandbox.remove_container(record.name)
+            sandbox.remove_container(sandbox.container_ref(record))
             return True
 
         # tini (the container's init) says so on stderr when the command cannot start
@@ -510,7 +512,7 @@ def run(
         finished = not outcome.timed_out
         ui.report_stop(outcome, seconds, record.name)
     finally:
-        sandbox.discard(store, record.name, container_gone=finished)
+        sandbox.discard(store, record, container_gone=finished)
     raise typer.Exit(code)
 
 

@@ -30,6 +30,8 @@ LABEL_HOME = f"{LABEL_PREFIX}.home"
 LABEL_NAME = f"{LABEL_PREFIX}.name"
 LABEL_KEEP = f"{LABEL_PREFIX}.keep"
 LABEL_EXPIRES = f"{LABEL_PREFIX}.expires"
+LABEL_HOME_DIR = f"{LABEL_PREFIX}.home-dir"  # shown when another home's name clashes with ours
+LABEL_ATTEMPT = f"{LABEL_PREFIX}.attempt"  # a nonce per docker run/create: cleanup finds it
 EXEC_MARKER = "SANDBOX_EXEC_ID"  # env var that tags every process an exec starts
 WORKDIR = "/app"
 SLEEP_FOREVER = "2147483647"  # seconds; `sleep infinity` is not understood by every sleep
@@ -82,8 +84,10 @@ class RunSpec:
     volume: str
     user: str
     home_label: str
-    ttl_seconds: int | None  # None: never expires (--keep, or run's one-shot containers)
+    ttl_seconds: int | None  # None: never expires (--keep)
     expires_at: str = ""
+    attempt: str = ""  # LABEL_ATTEMPT's value: a failed start removes only what carries it
+    home_dir: str = ""  # LABEL_HOME_DIR's value
     keep: bool = False  # survives a bare purge
     network: bool = False
     ports: list[str] = field(default_factory=list)  # normalised IP:HOST:CONTAINER/PROTO
@@ -112,10 +116,20 @@ def run_argv(spec: RunSpec) -> list[str]:
             "--entrypoint", "sleep", spec.image, sleep_for]
 
 
+# run's lifetime, kept by the container itself: a background sleeper kills every process at the
+# TTL (tini, PID 1, then exits and Docker's --rm removes the container), while `exec` makes the
+# command the shell's successor, so its exit code, signals and stdin are the command's own.
+# Background jobs of a non-interactive sh read /dev/null, so the sleeper never takes stdin. The
+# shell is /bin/sh and the sleeper has its own PATH: a `-e PATH=...` is the command's alone.
+TTL_SCRIPT = ('(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; '
+              'sleep "$1"; kill -KILL -1) & shift; exec "$@"')
+
+
 def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = None,
                 stdin: bool = False, tty: bool = False) -> list[str]:
     """`docker create --rm ...` of a one-shot sandbox whose main process is COMMAND itself
-    (run without the image's entrypoint, as exec would). Started with start_attached_argv."""
+    (run without the image's entrypoint, as exec would), behind TTL_SCRIPT when it has a TTL.
+    Started with start_attached_argv."""
     argv = [docker_binary(), "create", "--rm", "--pull", "never",
             *_container_options(spec, main_user=spec.user)]
     if workdir:
@@ -124,7 +138,10 @@ def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = 
         argv.append("--interactive")
     if tty:
         argv.append("--tty")
-    return [*argv, "--entrypoint", command[0], spec.image, *command[1:]]
+    if spec.ttl_seconds is None:
+        return [*argv, "--entrypoint", command[0], spec.image, *command[1:]]
+    return [*argv, "--entrypoint", "/bin/sh", spec.image, "-c", TTL_SCRIPT, "sandbox-ttl",
+            str(spec.ttl_seconds), *command]
 
 
 def start_attached_argv(name: str, *, stdin: bool = False) -> list[str]:
@@ -150,6 +167,8 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         "--label", f"{LABEL_NAME}={spec.name}",
         "--label", f"{LABEL_KEEP}={1 if spec.keep else 0}",
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
+        *(["--label", f"{LABEL_ATTEMPT}={spec.attempt}"] if spec.attempt else []),
+        *(["--label", f"{LABEL_HOME_DIR}={spec.home_dir}"] if spec.home_dir else []),
         "--network", "bridge" if spec.network else "none",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
@@ -267,12 +286,27 @@ def remove_argv(names: Sequence[str]) -> list[str]:
     return [docker_binary(), "rm", "-f", *names]
 
 
-def list_argv(home_label: str) -> list[str]:
-    """`docker ps -a` of this home's sandboxes, one JSON object a line."""
-    return [docker_binary(), "ps", "-a", "--no-trunc",
+def list_argv(home_label: str, attempt: str | None = None) -> list[str]:
+    """`docker ps -a -q` of this home's containers (of one start ATTEMPT when given): full ids,
+    one a line. Labels are then read with inspect_argv, as structured data: `docker ps`'s own
+    label column joins them with commas, which a hostile image's label value can contain."""
+    argv = [docker_binary(), "ps", "-a", "-q", "--no-trunc",
             "--filter", f"label={LABEL_MANAGED}=1",
-            "--filter", f"label={LABEL_HOME}={home_label}",
-            "--format", "{{json .}}"]
+            "--filter", f"label={LABEL_HOME}={home_label}"]
+    if attempt:
+        argv += ["--filter", f"label={LABEL_ATTEMPT}={attempt}"]
+    return argv
+
+
+def inspect_argv(refs: Sequence[str]) -> list[str]:
+    """`docker inspect` of containers: one JSON array (Config.Labels a map), as Docker and
+    Podman both print it."""
+    return [docker_binary(), "inspect", "--type", "container", *refs]
+
+
+def port_argv(ref: str) -> list[str]:
+    """`docker port REF`: the host addresses the engine bound, `80/tcp -> 127.0.0.1:49153`."""
+    return [docker_binary(), "port", ref]
 
 
 def networks_argv(name: str) -> list[str]:

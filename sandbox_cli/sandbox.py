@@ -20,22 +20,36 @@ from .errors import (
     ImageError,
     InvalidInput,
     NameInUse,
+    SandboxError,
     SandboxNotFound,
     UnsafePath,
 )
-from .state import SandboxRecord, StateStore, iso_after, now_iso
+from .state import SandboxRecord, StateStore, iso_after, now_iso, parse_iso
+from .ui import human_bytes
 
 if TYPE_CHECKING:  # an annotation only: exec, read and write need not import config
     from .config import StartOptions
 
 NOBODY = (65534, 65534)
 ORPHAN_MIN_AGE_SECONDS = 60  # a folder this young may belong to a start still in progress
+# An expired sandbox's container goes at once; its folder stays this long after the expiry, so
+# that `read` still gets what the code produced (README "ls"), then ls, start or purge remove it.
+EXPIRED_FILES_SECONDS = 24 * 3600
+_ENDED = "container_removed"  # in a record's options: its expired container is gone already
 
 Progress = Callable[[str], None]
+Report = Callable[[str], None]  # one line of talk for stderr (the CLI passes ui.info)
+
+
+def iso_at(when: float) -> str:
+    """Epoch seconds WHEN as ISO 8601 UTC."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _make_folder(store: StateStore, name: str, disk_size: str,
-                 warn: Progress | None) -> tuple[int, int]:
+                 report: Report | None) -> tuple[int, int]:
     """Create NAME's folder; returns the uid:gid the code will run as.
 
     Never your own uid: the code would spend your per-user kernel quotas (inotify instances,
@@ -52,16 +66,16 @@ def _make_folder(store: StateStore, name: str, disk_size: str,
     if os.getuid() == 0:
         os.chown(folder, *NOBODY)
         os.chmod(folder, 0o755)
-        _cap_folder(store, name, folder, disk_size, NOBODY, warn)
+        _cap_folder(store, name, folder, disk_size, NOBODY, report)
         return NOBODY
-    _cap_folder(store, name, folder, disk_size, NOBODY, warn)  # says why it is not capped
+    _cap_folder(store, name, folder, disk_size, NOBODY, report)  # says why it is not capped
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         acl.share(fd, [os.getuid(), NOBODY[0]])
         return NOBODY
     except OSError as exc:
-        if warn:
-            warn(f"the code runs as your own uid: {store.volumes_dir} has no ACLs "
+        if report:
+            report(f"warning: the code runs as your own uid: {store.volumes_dir} has no ACLs "
                  f"({exc.strerror})")
         return os.getuid(), os.getgid()
     finally:
@@ -83,19 +97,75 @@ def generate_name() -> str:
     return f"box-{os.urandom(4).hex()}"  # as secrets.token_hex, without its ~4 ms import
 
 
-def forget_expired(store: StateStore) -> list[str]:
-    """Drop state entries whose TTL has passed, and their containers and folders. Docker has
-    normally removed the container already; one that stopped its own sleep has not, so it is
-    removed here, before its folder (nothing may write while we delete). Returns the names."""
-    if not any(rec.expired() for rec in store.load().values()):
+def sweep(store: StateStore, report: Report | None = None) -> list[str]:
+    """Housekeeping of ls, start and purge (never of commands about one sandbox, so a wedged
+    sandbox cannot hang those): end the containers of expired sandboxes (Docker has normally
+    removed them already; one that stopped its own sleep has not), then remove the folders and
+    entries of those expired more than EXPIRED_FILES_SECONDS ago, each announced through
+    REPORT. A failure is reported and the sweep goes on. Returns the names removed."""
+    now = time.time()
+    records = store.load()
+    expired = {name: rec for name, rec in records.items() if rec.expired(now)}
+    if not expired:
         return []
-    with store.transaction() as records:
-        gone = {name: rec for name, rec in records.items() if rec.expired()}
-        for name in gone:
-            del records[name]
-    _remove_containers([container_ref(rec) for rec in gone.values()])
-    _remove_folders(store, gone, {name: rec.image for name, rec in gone.items()})
-    return list(gone)
+    ended = _end_expired_containers(store, expired, report)
+    due = [name for name, rec in expired.items() if name in ended and _files_due(rec, now)]
+    if not due:
+        return []
+    with store.transaction() as current:  # claim them, so a parallel sweep cannot race us
+        claimed = [name for name in due if name in current and current[name].expired(now)]
+        for name in claimed:
+            del current[name]
+    for name in claimed:
+        tally = volume.Tally()
+        try:
+            _remove_folders(store, [name], {name: expired[name].image}, tally)
+        except (OSError, SandboxError) as exc:
+            _say(report, f"warning: could not remove the folder of expired {name}: "
+                 f"{getattr(exc, 'message', None) or exc} (`sandbox purge` retries)")
+            continue
+        files = tally.files
+        _say(report, f"expired {name} removed (its folder, {files} file{'s' * (files != 1)}, "
+             f"{human_bytes(tally.bytes)})")
+    return claimed
+
+
+def _end_expired_containers(store: StateStore, expired: dict[str, SandboxRecord],
+                            report: Report | None) -> set[str]:
+    """Remove the containers of EXPIRED not yet marked removed; returns the names whose
+    container is gone. The mark saves a docker call on every later sweep."""
+    pending = {name: rec for name, rec in expired.items() if not rec.options.get(_ENDED)}
+    done = set(expired) - set(pending)
+    if not pending:
+        return done
+    try:
+        _remove_containers([container_ref(rec) for rec in pending.values()])
+    except SandboxError as exc:
+        _say(report, f"warning: could not end the containers of expired "
+             f"{', '.join(sorted(pending))}: {exc.message}")
+        return done
+    with store.transaction() as current:
+        for name in pending:
+            if name in current:
+                current[name].options[_ENDED] = True
+    return done | set(pending)
+
+
+def _files_due(record: SandboxRecord, now: float) -> bool:
+    """True once RECORD's files have outlived their time after expiry."""
+    when = parse_iso(record.expires_at or "")
+    return when is not None and now > when + EXPIRED_FILES_SECONDS
+
+
+def files_until(record: SandboxRecord) -> str:
+    """Until when an expired RECORD's files are kept (ISO), '' when it never expires."""
+    when = parse_iso(record.expires_at or "")
+    return "" if when is None else iso_at(when + EXPIRED_FILES_SECONDS)
+
+
+def _say(report: Report | None, message: str) -> None:
+    if report is not None:
+        report(message)
 
 
 def container_ref(record: SandboxRecord) -> str:
@@ -106,7 +176,8 @@ def container_ref(record: SandboxRecord) -> str:
 
 
 def _remove_folders(store: StateStore, names: Iterable[str],
-                    images: Mapping[str, str] | None = None) -> None:
+                    images: Mapping[str, str] | None = None,
+                    tally: volume.Tally | None = None) -> None:
     """Unmount and delete the folders of NAMES (their containers are gone). IMAGES names each
     sandbox's image, for a folder whose code locked you out of its own files (see _unlock)."""
     names = list(names)
@@ -115,12 +186,14 @@ def _remove_folders(store: StateStore, names: Iterable[str],
     parent = os.open(store.volumes_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in names:
-            disk.detach(store.disks_dir, store.volume_path(name), name)
+            held = disk.detach(store.disks_dir, store.volume_path(name), name)
+            if held is not None and tally is not None:
+                tally.files, tally.bytes = tally.files + held[0], tally.bytes + held[1]
             try:
-                volume.remove_tree(parent, validate.name(name))
+                volume.remove_tree(parent, validate.name(name), tally)
             except PermissionError:
                 _unlock(store, name, (images or {}).get(name))
-                volume.remove_tree(parent, name)
+                volume.remove_tree(parent, name, tally)
     finally:
         os.close(parent)
 
@@ -151,13 +224,18 @@ def _unlock(store: StateStore, name: str, image: str | None) -> None:
         raise UnsafePath(f"{failure} {folder} (the image's find/chmod failed)")
 
 
-def require(store: StateStore, name: str) -> SandboxRecord:
-    """The live record of NAME, or SandboxNotFound."""
+def require(store: StateStore, name: str, *, expired_ok: bool = False) -> SandboxRecord:
+    """The record of NAME, or SandboxNotFound; an expired one only when EXPIRED_OK (read:
+    its files outlive its container). Looks at NAME alone: no sweep, no other sandbox."""
     validate.name(name)
-    forget_expired(store)
     record = store.get(name)
     if record is None:
         raise SandboxNotFound(f"no sandbox named {name!r} (see `sandbox ls`)")
+    if not expired_ok and record.expired():
+        raise SandboxNotFound(
+            f"sandbox {name!r} expired at {record.expires_at}: its container is gone; "
+            f"`sandbox read {name} PATH` gets its files until {files_until(record)}, "
+            f"`sandbox purge {name}` removes them")
     return record
 
 
@@ -173,14 +251,15 @@ class _Prepared:
 
 
 def _cap_folder(store: StateStore, name: str, folder: str, size: str,
-                owner: tuple[int, int], warn: Progress | None) -> None:
+                owner: tuple[int, int], report: Report | None) -> None:
     """Make FOLDER a file system of SIZE (see disk.py), or say why it stays uncapped."""
     if size == validate.UNLIMITED:
         return
     reason = disk.supported()
     if reason is not None:
-        if warn:
-            warn(f"/app is not capped at {size}: {reason} (set disk: unlimited to accept)")
+        if report:
+            report(f"warning: /app is not capped at {size}: {reason} "
+                   "(set disk: unlimited to accept)")
         return
     try:
         disk.attach(store.disks_dir, folder, name, int(validate.size_bytes(size)), owner)
@@ -194,24 +273,24 @@ UNCAPPED_ROOT = ("the container's own file system is not capped (--writable-root
 
 
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
-             ttl_seconds: int | None, warn: Progress | None = None) -> _Prepared:
+             ttl_seconds: int | None, report: Report | None = None) -> _Prepared:
     """Validate, claim the name and make the folder (owned by the container's user)."""
     if name is not None:
         validate.name(name)
     name = name or generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
-    forget_expired(store)
+    sweep(store, report)
     store.ensure_dirs()
     if store.get(name) is not None:
         raise NameInUse(f"a sandbox named {name!r} already exists")
     folder = store.volume_path(name)
-    uid, gid = _make_folder(store, name, options.disk, warn)
-    if not options.read_only and warn:
-        warn(UNCAPPED_ROOT)
+    uid, gid = _make_folder(store, name, options.disk, report)
+    if not options.read_only and report:
+        report(f"warning: {UNCAPPED_ROOT}")
     spec = docker.RunSpec(
         name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
-        home_label=store.label, ttl_seconds=ttl_seconds,
+        home_label=store.label, home_dir=os.path.realpath(store.home), ttl_seconds=ttl_seconds,
         network=options.network, ports=list(options.ports),
         memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
         read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
@@ -227,19 +306,27 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     """Run BUILD(spec) (docker run -d / docker create), pulling the image once if it is
     missing, and record the sandbox; on any failure or signal nothing is left behind."""
     name = prepared.name
+    # A nonce on this attempt's container: cleanup finds what we made, never a same-named
+    # container of the user's or of another SANDBOX_HOME (their names clash in one engine).
+    prepared.spec = replace(prepared.spec, attempt=os.urandom(8).hex())
+    container_id = ""
     try:
         with docker.env_file(prepared.env) as env_path:
             container_id, spec = _create_container(prepared, env_path, build, progress)
+        ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
+            else list(options.ports)
+    except NameInUse:
+        _undo_start(store, prepared, "")
+        raise _name_clash(store, name) from None
     except BaseException:
         # Killed mid-call, the docker client may still have had its container made.
-        docker.run_docker(docker.remove_argv([name]), check=False)
-        _remove_folders(store, [name])
+        _undo_start(store, prepared, container_id)
         raise
     record = SandboxRecord(
         name=name, container_id=container_id, image=options.image,
         created_at=now_iso(), expires_at=spec.expires_at or None,
         keep=spec.keep, network=options.network,
-        ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
+        ports=ports, env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "disk": options.disk,
                  "runtime": options.runtime,
@@ -250,10 +337,61 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         with store.transaction() as records:
             records[name] = record
     except BaseException:
-        docker.run_docker(docker.remove_argv([name]), check=False)
-        _remove_folders(store, [name])
+        _undo_start(store, prepared, container_id)
         raise
     return record
+
+
+def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> None:
+    """Remove what this start made: its container by the id docker gave back or, without
+    one (killed mid-`docker run`), by this attempt's nonce label; then its folder (which
+    _prepare created exclusively). Never by name. Cleanup failures leave the original error
+    in charge: purge finds a leftover by its labels."""
+    try:
+        refs = [container_id] if container_id else _attempt_containers(store, prepared.spec)
+        if refs:
+            docker.run_docker(docker.remove_argv(refs), check=False)
+    except SandboxError:
+        pass
+    _remove_folders(store, [prepared.name])
+
+
+def _attempt_containers(store: StateStore, spec: docker.RunSpec) -> list[str]:
+    """Ids of the containers of this home carrying SPEC's attempt nonce."""
+    out = docker.run_docker(docker.list_argv(store.label, spec.attempt), check=False).stdout
+    return [line.strip() for line in out.splitlines()
+            if re.fullmatch(r"[0-9a-f]{64}", line.strip())]
+
+
+def _name_clash(store: StateStore, name: str) -> NameInUse:
+    """The error for a docker name held by a container that is not this start's: which
+    owner (another SANDBOX_HOME, this home's leftover, or not sandbox's at all). Exit 2."""
+    found = _inspect([name])
+    box = found[0] if found else None
+    labels = box.labels if box else {}
+    ours = labels.get(docker.LABEL_MANAGED) == "1" and labels.get(docker.LABEL_NAME) == name
+    if ours and labels.get(docker.LABEL_HOME) == store.label:
+        return NameInUse(f"the name {name!r} is taken by a leftover container of this home: "
+                         f"`sandbox purge {name}` removes it")
+    if ours and labels.get(docker.LABEL_HOME):
+        owner = labels.get(docker.LABEL_HOME_DIR) or f"home id {labels[docker.LABEL_HOME]}"
+        return NameInUse(f"the name {name!r} is taken by a sandbox of another SANDBOX_HOME "
+                         f"({owner}): choose another --name")
+    ident = f" (id {box.id[:12]})" if box else ""
+    return NameInUse(f"the name {name!r} is taken by a container that sandbox did not "
+                     f"create{ident}: choose another --name (it was left alone)")
+
+
+def _bound_ports(container_id: str) -> list[str]:
+    """The ports the engine bound, as `127.0.0.1:49153->8000/tcp` (`docker port` says
+    `8000/tcp -> 127.0.0.1:49153`): -p 8000 picks a random host port."""
+    out = docker.run_docker(docker.port_argv(container_id), check=False).stdout
+    bound = []
+    for line in out.splitlines():
+        inner, sep, host = line.partition(" -> ")
+        if sep and inner.strip() and host.strip():
+            bound.append(f"{host.strip()}->{inner.strip()}")
+    return bound
 
 
 def _create_container(prepared: _Prepared, env_path: str | None,
@@ -276,23 +414,24 @@ def _create_container(prepared: _Prepared, env_path: str | None,
 
 
 def start(store: StateStore, options: StartOptions, name: str | None = None,
-          progress: Progress | None = None, warn: Progress | None = None) -> SandboxRecord:
+          progress: Progress | None = None, report: Report | None = None) -> SandboxRecord:
     """Create and start a locked-down container with the sandbox folder mounted at /app."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
-    prepared = _prepare(store, options, name, ttl_seconds, warn)
+    prepared = _prepare(store, options, name, ttl_seconds, report)
     return _create(store, options, prepared, docker.run_argv, progress)
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
                     name: str | None = None, workdir: str | None = None, stdin: bool = False,
                     tty: bool = False, progress: Progress | None = None,
-                    warn: Progress | None = None) -> SandboxRecord:
+                    report: Report | None = None) -> SandboxRecord:
     """`run`'s sandbox: a created, not yet started, container whose main process is COMMAND
     (start it with docker.start_attached_argv; remove it with discard). One container run
-    instead of run + exec + rm: the command ends when the container does."""
+    instead of run + exec + rm: the command ends when the container does, and the container
+    at its TTL (docker.TTL_SCRIPT), so a killed client strands nothing past it."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
-    prepared = _prepare(store, options, name, ttl_seconds=None, warn=warn)
+    prepared = _prepare(store, options, name, validate.duration(options.ttl), report)
 
     def build(spec: docker.RunSpec) -> list[str]:
         return docker.create_argv(spec, command, workdir=workdir, stdin=stdin, tty=tty)
@@ -300,11 +439,12 @@ def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[
     return _create(store, options, prepared, build, progress)
 
 
-def discard(store: StateStore, name: str, *, container_gone: bool = False) -> None:
-    """Remove one sandbox we know (run's cleanup): container unless already gone, folder,
-    entry. No listing of containers, unlike purge."""
+def discard(store: StateStore, record: SandboxRecord, *, container_gone: bool = False) -> None:
+    """Remove one sandbox we know (run's cleanup): container (by id) unless already gone,
+    folder, entry. No listing of containers, unlike purge."""
+    name = record.name
     if not container_gone:
-        remove_container(name)
+        remove_container(container_ref(record))
     _remove_folders(store, [name])
     with store.transaction() as records:
         records.pop(name, None)
@@ -340,7 +480,7 @@ def read_file(store: StateStore, name: str, path: str, out_fd: int,
     """Copy the file at PATH to OUT_FD (refused when over MAX_SIZE bytes); returns the bytes
     copied."""
     parts = validate.sandbox_path(path)
-    require(store, name)
+    require(store, name, expired_ok=True)  # an expired sandbox's files outlive its container
     with volume.opened_root(store.volumes_dir, name) as root:
         return volume.read_to(root, parts, out_fd, max_size)
 
@@ -419,60 +559,114 @@ def disconnect(store: StateStore, name: str) -> list[str]:
 
 # --- listing and purge ---------------------------------------------------------------------
 
-def _labelled_containers(store: StateStore) -> dict[str, dict[str, Any]]:
-    """This home's containers by sandbox name, from Docker's labels."""
-    out = docker.run_docker(docker.list_argv(store.label)).stdout
-    found: dict[str, dict[str, Any]] = {}
-    for line in out.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
+@dataclass
+class Container:
+    """One container as `docker inspect` describes it (labels as a map, never a string)."""
+
+    id: str
+    docker_name: str
+    state: str
+    image: str
+    created: str  # ISO 8601, e.g. 2026-11-26T15:13:40.123456789Z
+    labels: dict[str, str]
+    ports: list[str]  # bound: 127.0.0.1:49153->8000/tcp
+
+
+def _inspect(refs: Sequence[str]) -> list[Container]:
+    """Containers REFS as structured data; one gone meanwhile is left out (docker inspect
+    still prints the others). Fields of the wrong type (image metadata is hostile) read empty."""
+    if not refs:
+        return []
+    proc = docker.run_docker(docker.inspect_argv(refs), check=False)
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except ValueError:
+        data = []
+    if proc.returncode != 0 and not data:
+        failure = docker.classify_failure(docker.inspect_argv(refs), proc.returncode, proc.stderr)
+        if not isinstance(failure, SandboxNotFound):
+            raise failure
+    found = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict):
             continue
-        labels = dict(part.split("=", 1) for part in str(row.get("Labels", "")).split(",")
-                      if "=" in part)
-        label_name = labels.get(docker.LABEL_NAME, "")
+        config = _mapping(item.get("Config"))
+        labels = {str(k): str(v) for k, v in _mapping(config.get("Labels")).items()}
+        found.append(Container(
+            id=str(item.get("Id", "")), docker_name=str(item.get("Name", "")).lstrip("/"),
+            state=str(_mapping(item.get("State")).get("Status", "unknown")),
+            image=str(config.get("Image", "")), created=str(item.get("Created", "")),
+            labels=labels, ports=_inspected_ports(item),
+        ))
+    return found
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _inspected_ports(item: dict[str, Any]) -> list[str]:
+    """NetworkSettings.Ports as `IP:HOST->CONTAINER/PROTO`, bound ones only."""
+    ports = []
+    for inner, bindings in _mapping(_mapping(item.get("NetworkSettings")).get("Ports")).items():
+        for bind in bindings if isinstance(bindings, list) else []:
+            bind = _mapping(bind)
+            if bind.get("HostPort"):
+                ports.append(f"{bind.get('HostIp') or '0.0.0.0'}:{bind['HostPort']}->{inner}")
+    return ports
+
+
+def _labelled_containers(store: StateStore) -> dict[str, Container]:
+    """This home's containers by sandbox name: ids from `docker ps -q` filtered by label, then
+    their labels as a map from `docker inspect` (a label value may hold commas). A container
+    counts only when its docker name is the name its label gives."""
+    out = docker.run_docker(docker.list_argv(store.label)).stdout
+    ids = [line.strip() for line in out.splitlines() if re.fullmatch(r"[0-9a-f]{64}", line.strip())]
+    found: dict[str, Container] = {}
+    for box in _inspect(ids):
+        label_name = box.labels.get(docker.LABEL_NAME, "")
         try:
             validate.name(label_name)
         except InvalidInput:
             continue
-        row["labels"] = labels
-        found[label_name] = row
+        if box.docker_name == label_name and box.labels.get(docker.LABEL_HOME) == store.label:
+            found[label_name] = box
     return found
 
 
-def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
-    """Every sandbox of this home, merging the state file with Docker's view."""
-    forget_expired(store)
+def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict[str, Any]]:
+    """Every sandbox of this home, merging the state file with Docker's view. An expired
+    sandbox (its folder kept for `read`) has status `expired`."""
+    sweep(store, report)
     records = store.load()
     containers = _labelled_containers(store)
     rows = []
     for name in sorted(set(records) | set(containers)):
         rec, box = records.get(name), containers.get(name)
-        labels = box["labels"] if box else {}
+        labels = box.labels if box else {}
+        expired = rec is not None and rec.expired()
+        status = "expired" if expired else box.state if box else "missing"
         rows.append({
             "name": name,
-            "container_id": rec.container_id if rec else str(box.get("ID", "")) if box else "",
-            "image": rec.image if rec else str(box.get("Image", "")) if box else "",
-            "status": str(box.get("State", "unknown")) if box else "missing",
+            "container_id": rec.container_id if rec else box.id if box else "",
+            "image": rec.image if rec else box.image if box else "",
+            "status": status,
             "volume": store.workspace_path(rec) if rec else store.volume_path(name),
             "network": rec.network if rec else False,
-            "ports": rec.ports if rec else [],
+            "ports": box.ports if box and box.state == "running" else rec.ports if rec else [],
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
-            "created_at": rec.created_at if rec else "",
+            "created_at": rec.created_at if rec else box.created[:19] + "Z" if box else "",
             "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
+            "files_until": files_until(rec) if rec and rec.expired() else None,
             "tracked": rec is not None,
         })
     return rows
 
 
-def _old_enough(box: dict[str, Any]) -> bool:
+def _old_enough(box: Container) -> bool:
     """True when a listed container was created ORPHAN_MIN_AGE_SECONDS ago or more."""
-    from datetime import datetime
-
-    created = str(box.get("CreatedAt", ""))  # e.g. "2026-11-26 15:13:40 +0000 UTC"
-    try:
-        when = datetime.strptime(created[:25], "%Y-%m-%d %H:%M:%S %z").timestamp()
-    except ValueError:
+    when = parse_iso(box.created[:19] + "Z")  # inspect gives nanoseconds: keep the seconds
+    if when is None:
         return True  # unknown age: treat as a leftover, as before
     return time.time() - when >= ORPHAN_MIN_AGE_SECONDS
 
@@ -497,7 +691,8 @@ def _orphan_folders(store: StateStore, known: set[str]) -> list[str]:
     return orphans
 
 
-def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False) -> list[str]:
+def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False,
+          report: Report | None = None) -> list[str]:
     """Remove sandboxes: container first (so it cannot race us), then folder, then entry.
 
     NAMES: those. None: every sandbox not started with --keep. EVERYTHING: all of them.
@@ -505,7 +700,7 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     """
     for name in names:
         validate.name(name)
-    expired = forget_expired(store)  # already gone: purging them again is not an error
+    expired = sweep(store, report)  # already gone: purging them again is not an error
     records = store.load()
     containers = _labelled_containers(store)
     if names:
@@ -524,13 +719,13 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             targets = sorted(
                 n for n in candidates
                 if not (records[n].keep if n in records
-                        else containers[n]["labels"].get(docker.LABEL_KEEP) == "1")
+                        else containers[n].labels.get(docker.LABEL_KEEP) == "1")
             )
         targets += _orphan_folders(store, set(records) | set(containers))
-    live = [n for n in targets if n in containers]
+    live = [containers[n].id for n in targets if n in containers]  # by id: never a namesake
     if live:
         _remove_containers(live)
-    images = {n: str(box.get("Image", "")) for n, box in containers.items()}
+    images = {n: box.image for n, box in containers.items()}
     images.update({n: rec.image for n, rec in records.items()})
     _remove_folders(store, targets, images)
     if any(n in records for n in targets):
@@ -545,9 +740,10 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     return targets
 
 
-def remove_container(name: str) -> None:
-    """Stop and remove one container now (`docker rm -f`); gone already is fine."""
-    _remove_containers([name])
+def remove_container(ref: str) -> None:
+    """Stop and remove one container (REF: its id, see container_ref) now (`docker rm -f`);
+    gone already is fine."""
+    _remove_containers([ref])
 
 
 def _remove_containers(names: list[str]) -> None:

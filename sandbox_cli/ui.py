@@ -197,8 +197,34 @@ def human_bytes(count: float) -> str:
 LS_COLUMNS = ("name", "status", "image", "network", "ports", "expires_at", "volume")
 
 
+def relative_time(iso: str, now: float | None = None) -> str:
+    """An ISO 8601 UTC time as `in 42m` or `3m ago` (ls on a terminal, where STATUS says
+    `expired`); ISO itself when it does not parse."""
+    import time
+
+    from .state import parse_iso
+
+    when = parse_iso(iso)
+    if when is None:
+        return iso
+    delta = when - (time.time() if now is None else now)
+    seconds = abs(int(delta))
+    if seconds < 60:
+        span = f"{seconds}s"
+    elif seconds < 3600:
+        span = f"{seconds // 60}m"
+    elif seconds < 86400:
+        span = f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    else:
+        span = f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    return f"in {span}" if delta >= 0 else f"{span} ago"
+
+
 def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
-    """`sandbox ls`: a table on a terminal, tab-separated lines without a header otherwise."""
+    """`sandbox ls`: a table on a terminal, with the expiry relative (`in 42m`) so it fits 80
+    columns; tab-separated lines without a header otherwise, the expiry ISO 8601 (a stable
+    format for scripts)."""
+    terminal = is_terminal(sys.stdout)
 
     def cell(row: dict[str, Any], key: str) -> str:
         value = row.get(key)
@@ -207,10 +233,12 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
         if key == "ports":
             return printable(",".join(value or []) or "-")
         if key == "expires_at":
-            return "never" if row.get("keep") else printable(str(value or "-"))
+            if row.get("keep"):
+                return "never"
+            return printable((relative_time(value) if terminal else value) if value else "-")
         return printable(str(value if value not in (None, "") else "-"))
 
-    if not is_terminal(sys.stdout):
+    if not terminal:
         for row in rows:
             data("\t".join(cell(row, k) for k in LS_COLUMNS))
         return
@@ -219,8 +247,9 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
 
     styled = "NO_COLOR" not in os.environ
     table = Table(box=None, header_style="bold" if styled else "", pad_edge=False)
-    for key in LS_COLUMNS:
-        table.add_column(key.replace("_at", "").upper())
+    for key in LS_COLUMNS:  # at 80 columns, image and volume give way, never these
+        table.add_column(key.replace("_at", "").upper(),
+                         no_wrap=key in ("name", "status", "expires_at"))
     for row in rows:
         table.add_row(*(cell(row, k) for k in LS_COLUMNS))
     if not rows:

@@ -470,7 +470,7 @@ class _Level:
     complete: bool = False  # the last scan reached the end: nothing is left beyond PENDING
 
 
-def _scan_level(fd: int, level: _Level, room: int) -> None:
+def _scan_level(fd: int, level: _Level, room: int, tally: Tally | None = None) -> None:
     """Unlink the non-directories of FD and note up to ROOM (at least one) subfolder names.
 
     One scan reads each entry once; a directory with more subfolders than ROOM is scanned again
@@ -487,6 +487,10 @@ def _scan_level(fd: int, level: _Level, room: int) -> None:
                     break
                 found.append((entry.inode(), entry.name))
             else:
+                if tally is not None:
+                    tally.files += 1
+                    with suppress(OSError):
+                        tally.bytes += entry.stat(follow_symlinks=False).st_size
                 _unlink_entry(fd, entry.name)
     # Taken (popped) in inode order, as rm -rf does: neighbouring inodes share disk blocks.
     found.sort(reverse=True)
@@ -513,8 +517,17 @@ def _rmdir_if_empty(dir_fd: int, name: str) -> bool:
         raise
 
 
-def remove_tree(parent_fd: int, name: str) -> None:
-    """Delete NAME beneath PARENT_FD and everything in it, never leaving that directory.
+@dataclass
+class Tally:
+    """What a removal took away: entries other than folders, and their bytes."""
+
+    files: int = 0
+    bytes: int = 0
+
+
+def remove_tree(parent_fd: int, name: str, tally: Tally | None = None) -> None:
+    """Delete NAME beneath PARENT_FD and everything in it, never leaving that directory;
+    TALLY, when given, counts what went (costing an lstat a file, so only when asked).
 
     Links are unlinked, never followed. Only one directory descriptor is held at a time and the
     walk is iterative, so a planted tree thousands of levels deep neither exhausts descriptors
@@ -538,7 +551,7 @@ def remove_tree(parent_fd: int, name: str) -> None:
         while True:
             level = path[-1]
             if not level.pending and not level.complete:
-                _scan_level(current, level, min(_BATCH, _PENDING_MAX - held))
+                _scan_level(current, level, min(_BATCH, _PENDING_MAX - held), tally)
                 held += len(level.pending)
             child = None
             while level.pending:

@@ -243,6 +243,7 @@ def test_lost_state_file_strands_nothing(docker_engine: None, sandbox: Runner,
 
 
 def test_ttl_expiry(docker_engine: None, sandbox: Runner, home: Path) -> None:
+    """The container goes at its TTL; the folder stays (see test_lifecycle_expiry)."""
     name = sandbox("start", "--ttl", "2s", "--image", BUSYBOX_IMAGE,
                    check=True).stdout.decode().strip()
     deadline = time.monotonic() + 30
@@ -250,10 +251,12 @@ def test_ttl_expiry(docker_engine: None, sandbox: Runner, home: Path) -> None:
         time.sleep(0.5)
     assert _labelled(home) == [], "Docker did not remove the container when its TTL ran out"
     time.sleep(6)  # past the expiry grace
-    assert json.loads(sandbox("ls", "--json", check=True).stdout) == []
-    assert not (home / "volumes" / name).exists()
+    (row,) = json.loads(sandbox("ls", "--json", check=True).stdout)
+    assert row["name"] == name and row["status"] == "expired"
+    assert (home / "volumes" / name).exists()
     gone = sandbox("exec", name, "true")
-    assert gone.returncode == 3
+    assert gone.returncode == 3 and b"expired" in gone.stderr
+    sandbox("purge", name, check=True)
 
 
 def test_purge_unknown_name(docker_engine: None, sandbox: Runner) -> None:

@@ -108,9 +108,12 @@ def test_other_argv_builders() -> None:
         D, "network", "disconnect", "--force", "bridge", "box"]
     assert docker.build_argv("o/n", "https://github.com/o/n.git#main:dir") == [
         D, "build", "--tag", "o/n", "--", "https://github.com/o/n.git#main:dir"]
-    assert docker.list_argv("abc")[-6:] == [
-        "--filter", "label=sandbox-cli.managed=1", "--filter", "label=sandbox-cli.home=abc",
-        "--format", "{{json .}}"]
+    assert docker.list_argv("abc") == [
+        D, "ps", "-a", "-q", "--no-trunc",
+        "--filter", "label=sandbox-cli.managed=1", "--filter", "label=sandbox-cli.home=abc"]
+    assert docker.list_argv("abc", "n1")[-2:] == ["--filter", "label=sandbox-cli.attempt=n1"]
+    assert docker.inspect_argv(["i1", "i2"]) == [D, "inspect", "--type", "container", "i1", "i2"]
+    assert docker.port_argv("i1") == [D, "port", "i1"]
     kill = docker.kill_exec_argv("box", "m1", 1234)
     assert kill[:5] == [D, "exec", "box", "sh", "-c"]
     assert kill[-3:] == ["sandbox-kill", "m1", "1234"]
@@ -168,3 +171,15 @@ def test_failures_are_classified(stderr: str, kind: str) -> None:
 ])
 def test_command_line_split(args: list[str], leading: int, expected: list[str]) -> None:
     assert split_command_line(args, {"--timeout", "--copy", "-e", "--env"}, leading) == expected
+
+
+def test_run_gets_an_in_container_ttl() -> None:
+    spec = docker.RunSpec(name="b", image="img", volume="/v", user="1:1", home_label="h",
+                          ttl_seconds=60, attempt="n1")
+    argv = docker.create_argv(spec, ["python", "-c", "print(1)"])
+    assert argv[-10:] == ["--entrypoint", "/bin/sh", "img", "-c", docker.TTL_SCRIPT, "sandbox-ttl",
+                          "60", "python", "-c", "print(1)"]
+    assert "sandbox-cli.attempt=n1" in argv
+    plain = docker.create_argv(docker.RunSpec(name="b", image="img", volume="/v", user="1:1",
+                                              home_label="h", ttl_seconds=None), ["true"])
+    assert plain[-3:] == ["--entrypoint", "true", "img"]
