@@ -365,16 +365,18 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local e
-    printf '%-7s %s\n' main "$(timeout 10 docker version --format 'docker {{.Server.Version}}' 2>/dev/null || echo down)"
+    local e v
+    v=$(timeout 10 docker version --format '{{.Server.Version}}' 2>/dev/null) || v=""
+    printf '%-7s %s\n' main "$([ -n "$v" ] && echo "docker $v" || echo down)"
     for e in remote gvisor; do
-        printf '%-7s %s\n' "$e" "$(DOCKER_HOST=$(host_of "$e") timeout 10 docker version --format "docker {{.Server.Version}} at $(host_of "$e")" 2>/dev/null || echo down)"
+        v=$(DOCKER_HOST=$(host_of "$e") timeout 10 docker version --format '{{.Server.Version}}' 2>/dev/null) || v=""
+        printf '%-7s %s\n' "$e" "$([ -n "$v" ] && echo "docker $v at $(host_of "$e")" || echo down)"
     done
+    v=""
     if [ -x "$PODMAN" ] && mountpoint -q "$RUN/podman.net" 2>/dev/null; then
-        printf '%-7s %s\n' podman "$("$PODMAN" version --format 'podman {{.Client.Version}}' 2>/dev/null) via $PODMAN"
-    else
-        printf '%-7s %s\n' podman down
+        v=$("$PODMAN" version --format '{{.Client.Version}}' 2>/dev/null) || v=""
     fi
+    printf '%-7s %s\n' podman "$([ -n "$v" ] && echo "podman $v via $PODMAN" || echo down)"
 }
 
 # The environment that points the suite (and sandbox) at ENGINE.
