@@ -127,7 +127,7 @@ hidden_paths() {
 dockerd_up() { DOCKER_HOST=$(host_of "$1") timeout 10 docker info >/dev/null 2>&1; }
 
 start_dockerd() {  # ENGINE HIDE(0|1)
-    local engine=$1 hide=$2 dir=$RUN/$1 logf=$STATE/$1/dockerd.log i
+    local engine=$1 hide=$2 dir=$RUN/$1 logf=$STATE/$1/dockerd.log
     dockerd_up "$engine" && return 0
     stop_dockerd "$engine" quiet   # a stale pid file or netns from a killed run
     dockerd_config "$engine"
@@ -145,7 +145,7 @@ start_dockerd() {  # ENGINE HIDE(0|1)
             --pidfile '$dir/dockerd.pid' -H '$(host_of "$engine")' \
             --config-file '$STATE/$engine/daemon.json'" \
         </dev/null >"$logf" 2>&1 &
-    for i in $(seq 1 "$START_TIMEOUT"); do
+    for _ in $(seq 1 "$START_TIMEOUT"); do
         dockerd_up "$engine" && return 0
         sleep 1
     done
@@ -154,14 +154,14 @@ start_dockerd() {  # ENGINE HIDE(0|1)
 }
 
 stop_dockerd() {  # ENGINE [quiet]
-    local engine=$1 pidf=$RUN/$1/dockerd.pid pid i
+    local engine=$1 pidf=$RUN/$1/dockerd.pid pid
     if [ -s "$pidf" ]; then
         pid=$(cat "$pidf")
         if kill -0 "$pid" 2>/dev/null && grep -q dockerd "/proc/$pid/cmdline" 2>/dev/null; then
             [ "${2:-}" = quiet ] || log "stopping $engine dockerd (pid $pid)"
             kill -TERM "$pid"
             # dockerd stops its containers (10 s each at most) and its containerd first.
-            for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
             kill -0 "$pid" 2>/dev/null && { log "$engine dockerd ignored SIGTERM; killing"; kill -KILL "$pid"; }
         fi
         rm -f "$pidf"
