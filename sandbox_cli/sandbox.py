@@ -232,7 +232,12 @@ def pull_image(image: str, progress: Progress | None = None) -> None:
         progress(f"pulling image {image} ...")
     proc = docker.popen_docker(docker.pull_argv(image), stdin=subprocess.DEVNULL,
                                stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
-    _, err = proc.communicate()
+    try:
+        _, err = proc.communicate(timeout=docker.DEADLINE_PULL)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise docker.timed_out(docker.pull_argv(image), docker.DEADLINE_PULL, image) from None
     if proc.returncode != 0:
         failure = docker.classify_failure(docker.pull_argv(image), proc.returncode,
                                           err.decode(errors="replace"))
@@ -607,11 +612,19 @@ def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
                                stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     tail: list[bytes] = []
-    for line in proc.stderr:  # stream it through, keeping the end for the error message
-        sys.stderr.buffer.write(line)
-        sys.stderr.buffer.flush()
-        tail = [*tail[-19:], line]
-    proc.wait()
+    import threading
+
+    watchdog = threading.Timer(docker.DEADLINE_BUILD, proc.kill)  # no build hangs forever
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        for line in proc.stderr:  # stream it through, keeping the end for the error message
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+            tail = [*tail[-19:], line]
+    finally:
+        watchdog.cancel()
+    docker.wait_docker(proc, argv)
     if proc.returncode != 0:
         text = b"".join(tail).decode(errors="replace")
         failure = docker.classify_failure(argv, proc.returncode, text)
