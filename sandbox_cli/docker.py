@@ -231,12 +231,23 @@ def exec_argv(name: str, command: Sequence[str], *, marker: str, user: str | Non
 
 # Ends every process an exec started: those carrying its marker ($1), their sessions (runc makes
 # each exec a session leader), their descendants, and every process that began after the exec
-# did ($2, clock ticks since boot). Nothing a process does (scrubbing its environment, setsid,
-# double forks, faking a marker) changes its start time, so nothing it started escapes; the
-# price is that other execs' processes begun after this one end too. Frozen with SIGSTOP first
-# so none can fork away while we look; repeated until a pass finds nothing. POSIX sh, tr, grep.
+# did. "After" is measured inside, on the container's own clock (a remote engine host or
+# gVisor counts from another boot): the exec began $2 clock ticks before this script, so the
+# cut-off is this script's own start time (field 22 of /proc/$$/stat) less $2. Nothing a
+# process does (scrubbing its environment, setsid, double forks, faking a marker) changes its
+# start time, so nothing it started escapes; the price is that other execs' processes begun
+# after this one end too. Frozen with SIGSTOP first so none can fork away while we look;
+# repeated until a pass finds nothing. POSIX sh, tr, grep. It runs as the container's user
+# (only that uid may signal its processes: the container has no CAP_KILL), so a process that
+# stops its own uid's processes can freeze it: the host-side kill (hostkill.py) comes first
+# where it can, and this exec has a deadline.
 KILL_SCRIPT = r"""
-id="$1"; since="$2"; me=$$; frozen=" "; sids=" "
+id="$1"; ago="$2"; me=$$; frozen=" "; sids=" "
+stat=$(cat /proc/$me/stat) || exit 3
+rest=${stat##*) }
+set -- $rest
+since=""
+[ -n "$ago" ] && since=$((${20} - ago))
 pass=0
 while [ $pass -lt 20 ]; do
   pass=$((pass + 1)); found=""
@@ -274,11 +285,16 @@ exit 0
 """
 
 
-def kill_exec_argv(name: str, marker: str, since_ticks: int | None = None) -> list[str]:
-    """`docker exec` of the script that ends every process the exec tagged MARKER started and
-    every process that began at or after SINCE_TICKS (clock ticks since boot)."""
-    since = "" if since_ticks is None else str(since_ticks)
-    return [docker_binary(), "exec", name, "sh", "-c", KILL_SCRIPT, "sandbox-kill", marker, since]
+def kill_exec_argv(name: str, marker: str, ago_ticks: int | None = None, *,
+                   user: str | None = None) -> list[str]:
+    """`docker exec`, as USER (the sandbox user, who may signal the command's processes), of
+    the script that ends every process the exec tagged MARKER started and every process that
+    began at most AGO_TICKS clock ticks before the script itself did (a duration: the
+    container's clock need not agree with ours)."""
+    ago = "" if ago_ticks is None else str(max(ago_ticks, 0))
+    as_user = ["--user", user] if user else []
+    return [docker_binary(), "exec", *as_user, name, "sh", "-c", KILL_SCRIPT, "sandbox-kill",
+            marker, ago]
 
 
 def remove_argv(names: Sequence[str]) -> list[str]:
@@ -433,28 +449,96 @@ def classify_failure(argv: Sequence[str], returncode: int, stderr: str) -> Sandb
                        list(argv), returncode, text)
 
 
+# Deadlines (seconds) by kind of call: no docker call may hang a command forever on a wedged
+# engine (an exec frozen in `runc init` makes dockerd hold the container's lock for good).
+DEADLINE_QUERY = 30.0  # inspect, ps, version, info, image inspect
+DEADLINE_CHANGE = 30.0  # network disconnect, kill
+DEADLINE_REMOVE = 10.0  # rm -f: purge then goes round a wedged engine (sandbox.py)
+DEADLINE_CREATE = 120.0  # run -d, create (unpacking a large image takes a while)
+DEADLINE_KILL_EXEC = 8.0  # the in-container kill helper
+DEADLINE_PULL = 1800.0
+DEADLINE_BUILD = 3600.0
+DEADLINE_PROBE = 5.0  # is the daemon there at all? (after another call's deadline)
+_DEADLINES = {"inspect": DEADLINE_QUERY, "ps": DEADLINE_QUERY, "version": DEADLINE_QUERY,
+              "info": DEADLINE_QUERY, "image": DEADLINE_QUERY, "network": DEADLINE_CHANGE,
+              "kill": DEADLINE_CHANGE, "rm": DEADLINE_REMOVE, "run": DEADLINE_CREATE,
+              "create": DEADLINE_CREATE, "exec": DEADLINE_KILL_EXEC, "pull": DEADLINE_PULL,
+              "build": DEADLINE_BUILD}
+
+
+class EngineTimeout(DockerError):
+    """A docker call did not finish by its deadline while the daemon still answers: the
+    engine is wedged on one container (exit 7)."""
+
+
+def deadline_for(argv: Sequence[str]) -> float:
+    """The default deadline of a docker call, by its subcommand."""
+    return _DEADLINES.get(argv[1] if len(argv) > 1 else "", DEADLINE_QUERY)
+
+
+def _target(argv: Sequence[str]) -> str:
+    """The container (or image) a call is about, for messages: its last operand."""
+    operands = [a for a in argv[2:] if not a.startswith("-")]
+    return operands[-1] if operands and argv[1] in ("inspect", "rm", "kill") else ""
+
+
+def timed_out(argv: Sequence[str], seconds: float, subject: str = "") -> SandboxError:
+    """The error for a docker call that missed its deadline: DockerUnavailable (exit 5) when
+    the daemon does not answer at all, else EngineTimeout (exit 7) naming SUBJECT (default:
+    the call's container) and what to do."""
+    call = f"docker {argv[1] if len(argv) > 1 else ''}".rstrip()
+    if not _daemon_answers():
+        return DockerUnavailable(f"the Docker daemon does not answer ({call} took over "
+                                 f"{seconds:g}s): check it with `sandbox doctor`")
+    subject = subject or _target(argv)
+    about = f" on {subject}" if subject else ""
+    return EngineTimeout(
+        f"{call}{about} did not finish within {seconds:g}s: the engine is stuck on that "
+        f"container (a process in it may have frozen a docker exec); `sandbox purge NAME` "
+        f"removes it (as root on the engine's host, through its cgroup)",
+        list(argv), -1, "")
+
+
+def _daemon_answers() -> bool:
+    """True when `docker version` gets the server's answer within DEADLINE_PROBE."""
+    try:
+        proc = subprocess.run([docker_binary(), "version", "--format", "{{.Server.Version}}"],
+                              capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=DEADLINE_PROBE)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
 def run_docker(argv: Sequence[str], *, env: dict[str, str] | None = None,
                input_bytes: bytes | None = None, check: bool = True,
+               timeout: float | None = None,
                ) -> subprocess.CompletedProcess[str]:
-    """Run docker and capture its output as text; raise a typed error when it fails."""
+    """Run docker and capture its output as text; raise a typed error when it fails, or
+    when it has not finished within TIMEOUT seconds (default: deadline_for(argv)), after
+    killing the client."""
     _trace(argv)
+    seconds = deadline_for(argv) if timeout is None else timeout
     try:
         proc = subprocess.run(
             list(argv), input=input_bytes.decode() if input_bytes is not None else None,
             capture_output=True, text=True, env=env, errors="replace",
-            stdin=None if input_bytes is not None else subprocess.DEVNULL,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL, timeout=seconds,
         )
     except FileNotFoundError:
         raise DockerUnavailable(
             f"docker CLI not found ({argv[0]}): install Docker, or set SANDBOX_DOCKER"
         ) from None
+    except subprocess.TimeoutExpired:  # run() has killed and reaped the client
+        raise timed_out(argv, seconds) from None
     if check and proc.returncode != 0:
         raise classify_failure(argv, proc.returncode, proc.stderr)
     return proc
 
 
 def popen_docker(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    """Start docker with caller-chosen streams (passthrough, pipes or stdin feed)."""
+    """Start docker with caller-chosen streams (passthrough, pipes or stdin feed). Whoever
+    waits for it bounds the wait (wait_docker, or the exec timeout)."""
     _trace(argv)
     try:
         return subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload, no-any-return]
@@ -464,8 +548,21 @@ def popen_docker(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[byte
         ) from None
 
 
+def wait_docker(proc: subprocess.Popen[bytes], argv: Sequence[str],
+                timeout: float | None = None) -> int:
+    """Wait for a started docker client until its deadline (default: deadline_for(argv));
+    past it, kill the client and raise as run_docker does."""
+    seconds = deadline_for(argv) if timeout is None else timeout
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise timed_out(argv, seconds) from None
+
+
 def stream_to_stderr(argv: Sequence[str], *, env: dict[str, str] | None = None) -> int:
     """Run docker with both its streams on our stderr (progress is talk, not data)."""
     proc = popen_docker(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
                         stderr=sys.stderr.fileno(), env=env)
-    return proc.wait()
+    return wait_docker(proc, argv)

@@ -56,18 +56,24 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class ExecTag:
-    """How the kill script recognises an exec's processes: a random marker in their
-    environment, and the moment (clock ticks since boot) just before the exec began."""
+    """How the kill recognises an exec's processes: a random marker in their environment, and
+    the moment just before the exec began, both as this kernel's clock ticks since boot (for
+    the host-side kill, which runs on the container's kernel) and as a monotonic time (for the
+    in-container kill, which gets only a duration: the container's clock is its own)."""
 
     marker: str
     since_ticks: int
+    began: float = 0.0  # time.monotonic()
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _new_tag() -> ExecTag:
     """A fresh tag. The marker is what secrets.token_hex(8) returns (os.urandom as hex),
     without importing secrets, which pulls in hmac, hashlib and OpenSSL (~3 ms an exec)."""
-    ticks = int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
-    return ExecTag(os.urandom(8).hex(), ticks)
+    ticks = int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
+    return ExecTag(os.urandom(8).hex(), ticks, time.monotonic())
 
 
 def stdin_mode(tty: bool | None = None) -> tuple[bool, bool]:
@@ -90,12 +96,37 @@ def stdin_mode(tty: bool | None = None) -> tuple[bool, bool]:
     return forward, tty
 
 
-def kill_in_container(name: str, tag: ExecTag) -> bool:
+def kill_in_container(name: str, tag: ExecTag, user: str | None = None) -> bool:
     """End every process the exec tagged TAG started, and every process that began after it
-    did. True when the kill script ran to its end."""
-    argv = docker.kill_exec_argv(name, tag.marker, tag.since_ticks)
+    did; True when that is done. From the host first, through the container's cgroup, where
+    this host runs the container and may signal it (nothing in the container can stop that);
+    else by a helper exec inside, within a deadline; and if the container fights that helper
+    (it stops its own uid's processes), by killing the container: nothing it started lives
+    on. Every step is bounded, so a timeout returns within seconds whatever the command does."""
+    if os.environ.get("SANDBOX_KILL_FROM_HOST", "1") != "0":
+        from . import hostkill
+
+        if hostkill.end_exec(name, tag.marker, tag.since_ticks):
+            return True
+    # Ticks since the exec began, plus one of slack for rounding: a cut-off a little early
+    # spares nothing the exec started.
+    ago = int((time.monotonic() - tag.began) * _TICKS) + 1
+    argv = docker.kill_exec_argv(name, tag.marker, ago, user=user)
     try:
-        return docker.run_docker(argv, check=False).returncode == 0
+        if docker.run_docker(argv, check=False).returncode == 0:
+            return True
+    except SandboxError:
+        pass
+    return _kill_container(name)
+
+
+def _kill_container(name: str) -> bool:
+    """The last resort: SIGKILL the container's init, which ends every process in it (Docker
+    then removes the container). False when even that fails (a wedged engine)."""
+    try:
+        argv = [docker.docker_binary(), "kill", "--signal", "KILL", name]
+        return docker.run_docker(argv, check=False,
+                                 timeout=docker.DEADLINE_KILL_EXEC).returncode == 0
     except SandboxError:
         return False
 
@@ -347,7 +378,7 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
         # With a tty, docker's line shares the terminal with the command's: nothing to move.
         intercept = None if use_tty else (1, OCI_MARKER)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(target, tag), intercept=intercept,
+                      stop=lambda: kill_in_container(target, tag, user), intercept=intercept,
                       command=command)
     return finish_report(outcome, target, began, str(record.options.get("memory", "")),
                          check=lambda: _require_running(target, name))

@@ -456,7 +456,12 @@ def pull_image(image: str, progress: Progress | None = None) -> None:
         progress(f"pulling image {image} ...")
     proc = docker.popen_docker(docker.pull_argv(image), stdin=subprocess.DEVNULL,
                                stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
-    _, err = proc.communicate()
+    try:
+        _, err = proc.communicate(timeout=docker.DEADLINE_PULL)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise docker.timed_out(docker.pull_argv(image), docker.DEADLINE_PULL, image) from None
     if proc.returncode != 0:
         failure = docker.classify_failure(docker.pull_argv(image), proc.returncode,
                                           err.decode(errors="replace"))
@@ -747,14 +752,87 @@ def remove_container(ref: str) -> None:
 
 
 def _remove_containers(names: list[str]) -> None:
-    proc = docker.run_docker(docker.remove_argv(names), check=False)
+    """`docker rm -f NAMES`, within its deadline. A container whose engine is wedged (an exec
+    frozen in `runc init` holds its lock: rm, kill and inspect hang) is killed from the host
+    through its cgroup, where this host runs it and we may (root), then removed again."""
+    argv = docker.remove_argv(names)
+    try:
+        proc = docker.run_docker(argv, check=False)
+    except docker.EngineTimeout as stuck:
+        _remove_wedged(names, stuck)
+        return
+    _check_removed(argv, proc)
+
+
+def _check_removed(argv: list[str], proc: subprocess.CompletedProcess[str]) -> None:
     if proc.returncode != 0:
         problems = [line for line in proc.stderr.splitlines() if line.strip()
                     and "no such container" not in line.lower()
                     and "already in progress" not in line.lower()]  # --rm got there first
         if problems:
-            raise docker.classify_failure(docker.remove_argv(names), proc.returncode,
-                                          "\n".join(problems))
+            raise docker.classify_failure(argv, proc.returncode, "\n".join(problems))
+
+
+def _remove_wedged(names: list[str], stuck: docker.EngineTimeout) -> None:
+    """Kill the processes of NAMES' containers from the host (SIGKILL through the cgroup:
+    stopped and frozen tasks die too, and with them the exec that wedged the engine), then
+    `docker rm -f` again. Where the host cannot (not root, a remote engine), one line says
+    what the user can do."""
+    from . import hostkill
+
+    ids = _full_ids(names)
+    refused = []
+    for name in names:
+        cid = ids.get(name, "")
+        if os.geteuid() != 0 or hostkill.kill_container(cid) is not True:
+            refused.append(name)
+    if refused:
+        raise docker.EngineTimeout(_wedged_advice(refused, ids), stuck.argv, -1, "")
+    argv = docker.remove_argv(names)
+    _check_removed(argv, docker.run_docker(argv, check=False))
+    _wait_removed([ids[name] for name in names if name in ids])
+
+
+def _wait_removed(ids: list[str], seconds: float = 10.0) -> None:
+    """Wait (bounded) until the daemon has finished removing IDS: the `rm -f` that missed its
+    deadline goes on in the daemon once the container's processes are dead."""
+    end = time.monotonic() + seconds
+    while ids and time.monotonic() < end:
+        argv = [docker.docker_binary(), "ps", "-a", "-q", "--no-trunc",
+                *(arg for cid in ids for arg in ("--filter", f"id={cid}"))]
+        if not docker.run_docker(argv).stdout.strip():
+            return
+        time.sleep(0.2)
+
+
+def _wedged_advice(refused: list[str], ids: dict[str, str]) -> str:
+    """One line: which containers are stuck, and what the user can do about them."""
+    from . import hostkill
+
+    local = all(hostkill.cgroup_dirs(ids.get(name, "")) for name in refused)
+    if local and os.geteuid() != 0:
+        remedy = "as root, `sudo sandbox purge` kills it through its cgroup"
+    elif local:
+        remedy = "its processes would not die: restart the Docker daemon"
+    else:
+        remedy = ("its engine runs on another host (or kernel): there, as root, SIGKILL the "
+                  "processes listed in the container's cgroup.procs, or restart the daemon")
+    return (f"docker rm -f {', '.join(refused)} did not finish within "
+            f"{docker.DEADLINE_REMOVE:g}s: the engine is stuck on that container (a process "
+            f"in it froze a docker exec); {remedy}")
+
+
+def _full_ids(names: list[str]) -> dict[str, str]:
+    """Full container ids of NAMES (names or ids), from `docker ps`, which reads the
+    daemon's in-memory view and does not wait for a wedged container's lock."""
+    argv = [docker.docker_binary(), "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]
+    ids: dict[str, str] = {}
+    for line in docker.run_docker(argv).stdout.splitlines():
+        cid, _, listed = line.partition(" ")
+        for name in names:
+            if name in listed.split(",") or (len(name) >= 12 and cid.startswith(name)):
+                ids[name] = cid
+    return ids
 
 
 # --- images --------------------------------------------------------------------------------
@@ -819,11 +897,19 @@ def build_repo(repo: str, branch: str | None = None, subdir: str | None = None,
                                stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     tail: list[bytes] = []
-    for line in proc.stderr:  # stream it through, keeping the end for the error message
-        sys.stderr.buffer.write(line)
-        sys.stderr.buffer.flush()
-        tail = [*tail[-19:], line]
-    proc.wait()
+    import threading
+
+    watchdog = threading.Timer(docker.DEADLINE_BUILD, proc.kill)  # no build hangs forever
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        for line in proc.stderr:  # stream it through, keeping the end for the error message
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+            tail = [*tail[-19:], line]
+    finally:
+        watchdog.cancel()
+    docker.wait_docker(proc, argv)
     if proc.returncode != 0:
         text = b"".join(tail).decode(errors="replace")
         failure = docker.classify_failure(argv, proc.returncode, text)
