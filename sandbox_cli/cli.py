@@ -491,8 +491,8 @@ def run(
             sandbox.remove_container(sandbox.container_ref(record))
             return True
 
-        # tini (the container's init) says so on stderr when the command cannot start
-        intercept = None if use_tty else (2, execute.TINI_MARKER)
+        # run's TTL shell (docker.TTL_SCRIPT) says so on stderr when the command cannot start
+        intercept = None if use_tty else (2, execute.TTL_MARKER)
         began = time.time()
         outcome: execute.Outcome | execute.ExecResult
         if json_out:

@@ -112,19 +112,18 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
-def detach(disks_dir: str, folder: str, name: str) -> tuple[int, int] | None:
-    """Unmount NAME's image from FOLDER (only when it is that image) and delete the image.
-    Returns the (files, bytes) it held when it was mounted, else None."""
+def mounted(disks_dir: str, folder: str, name: str) -> bool:
+    """True when NAME's own image is what is mounted on FOLDER."""
+    return _mounted_image(folder) == image_path(disks_dir, name)
+
+
+def detach(disks_dir: str, folder: str, name: str) -> None:
+    """Unmount NAME's image from FOLDER (only when it is that image) and delete the image."""
     image = image_path(disks_dir, name)
-    held = None
     if _mounted_image(folder) == image:
-        fs = os.statvfs(folder)
-        # ext4 keeps its root folder and a few reserved inodes for itself
-        held = (max(0, fs.f_files - fs.f_ffree - 11), (fs.f_blocks - fs.f_bfree) * fs.f_frsize)
         try:
             _run([_tool("umount") or "umount", folder])
         except DiskError:
             _run([_tool("umount") or "umount", "--lazy", folder])  # busy: detach now, free later
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image)
-    return held

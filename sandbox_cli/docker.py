@@ -306,12 +306,29 @@ def list_argv(home_label: str, attempt: str | None = None) -> list[str]:
     """`docker ps -a -q` of this home's containers (of one start ATTEMPT when given): full ids,
     one a line. Labels are then read with inspect_argv, as structured data: `docker ps`'s own
     label column joins them with commas, which a hostile image's label value can contain."""
-    argv = [docker_binary(), "ps", "-a", "-q", "--no-trunc",
-            "--filter", f"label={LABEL_MANAGED}=1",
-            "--filter", f"label={LABEL_HOME}={home_label}"]
+    argv = [docker_binary(), "ps", "-a", "-q", "--no-trunc", *_home_filters(home_label)]
     if attempt:
         argv += ["--filter", f"label={LABEL_ATTEMPT}={attempt}"]
     return argv
+
+
+LISTED_LABELS = (LABEL_MANAGED, LABEL_HOME, LABEL_NAME, LABEL_KEEP, LABEL_EXPIRES, LABEL_HOME_DIR)
+
+
+def rows_argv(home_label: str) -> list[str]:
+    """`docker ps -a` of this home's containers, one JSON object a line, each label read by
+    its key (`.Label "KEY"`): exact values, however many commas a hostile image's labels hold,
+    and no container lock taken (inspect waits on a container its code wedged; ps does not)."""
+    fields = ", ".join([
+        '"id": {{json .ID}}', '"names": {{json .Names}}', '"state": {{json .State}}',
+        '"image": {{json .Image}}', '"created": {{json .CreatedAt}}', '"ports": {{json .Ports}}',
+        *(f'"{key}": {{{{json (.Label "{key}")}}}}' for key in LISTED_LABELS)])
+    return [docker_binary(), "ps", "-a", "--no-trunc", *_home_filters(home_label),
+            "--format", "{" + fields + "}"]
+
+
+def _home_filters(home_label: str) -> list[str]:
+    return ["--filter", f"label={LABEL_MANAGED}=1", "--filter", f"label={LABEL_HOME}={home_label}"]
 
 
 def inspect_argv(refs: Sequence[str]) -> list[str]:

@@ -187,20 +187,20 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-# What docker exec (on its stdout) and tini, run's init (on its stderr), print when the command
+# What docker exec (on its stdout) and run's TTL shell (on its stderr) print when the command
 # cannot start at all. A command's own output that begins so is held back until it ends, then
 # passed on unless the exit code is 126/127.
 OCI_MARKER = b"OCI runtime exec failed"
-TINI_MARKER = b"[FATAL tini ("
+TTL_MARKER = b"sandbox-ttl: "  # run's shell (docker.TTL_SCRIPT, whose $0 this is)
 Intercept = tuple[int, bytes]  # (our fd 1 or 2, marker): relay that stream, watching for MARKER
-HOLD_MAX = 64 * 1024  # docker's and tini's lines are far shorter
+HOLD_MAX = 64 * 1024  # docker's and the TTL shell's lines are far shorter
 
 
 def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
            intercept: Intercept | None = None, command: Sequence[str] = ()) -> Outcome:
     """Run an attached docker client with our stdin/stdout/stderr handed straight to it: byte
     for byte, as it comes, nothing buffered here. INTERCEPT relays one stream through a pipe
-    instead (still as it comes), so that docker's or tini's own "could not start COMMAND" line
+    instead (still as it comes), so that docker's or the TTL shell's "could not start COMMAND" line
     becomes ours on stderr. The code is 124 on timeout."""
     if intercept is None:
         proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL)
@@ -278,8 +278,8 @@ def _write_all(fd: int, data: bytes) -> bool:
 
 def _not_started(code: int, text: bytes, marker: bytes,
                  command: Sequence[str]) -> tuple[int, str] | None:
-    """(exit code, message) when TEXT is docker's or tini's report that COMMAND could not be
-    started, following docker's convention: 127 not found, 126 not executable."""
+    """(exit code, message) when TEXT is docker's or the TTL shell's report that COMMAND could
+    not be started, following docker's convention: 127 not found, 126 not executable."""
     if code not in (126, 127) or not text.startswith(marker):
         return None
     reason = text.decode("utf-8", errors="replace").strip().lower()
@@ -329,7 +329,7 @@ def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: St
     if intercept is not None:
         watched = result.stdout if intercept[0] == 1 else result.stderr
         failed = _not_started(result.exit_code, watched, intercept[1], command)
-        if failed is not None:  # docker's or tini's line is ours now, on stderr only
+        if failed is not None:  # docker's or the shell's line is ours now, on stderr only
             result.exit_code, result.not_started = failed
             result.stdout, result.stderr = b"", f"{PREFIX}{failed[1]}\n".encode()
     return result

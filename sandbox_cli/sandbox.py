@@ -186,9 +186,11 @@ def _remove_folders(store: StateStore, names: Iterable[str],
     parent = os.open(store.volumes_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in names:
-            held = disk.detach(store.disks_dir, store.volume_path(name), name)
-            if held is not None and tally is not None:
-                tally.files, tally.bytes = tally.files + held[0], tally.bytes + held[1]
+            folder = store.volume_path(name)
+            if tally is not None and disk.mounted(store.disks_dir, folder, name):
+                with volume.opened_root(store.volumes_dir, name) as root:  # to count what goes
+                    volume.empty_tree(root, tally)
+            disk.detach(store.disks_dir, folder, name)
             try:
                 volume.remove_tree(parent, validate.name(name), tally)
             except PermissionError:
@@ -566,13 +568,14 @@ def disconnect(store: StateStore, name: str) -> list[str]:
 
 @dataclass
 class Container:
-    """One container as `docker inspect` describes it (labels as a map, never a string)."""
+    """One container as `docker ps` rows or `docker inspect` describe it (labels as a map,
+    never a string)."""
 
     id: str
     docker_name: str
     state: str
     image: str
-    created: str  # ISO 8601, e.g. 2026-11-26T15:13:40.123456789Z
+    created: str  # ISO 8601, e.g. 2026-11-26T15:13:40Z (inspect adds nanoseconds)
     labels: dict[str, str]
     ports: list[str]  # bound: 127.0.0.1:49153->8000/tcp
 
@@ -600,7 +603,7 @@ def _inspect(refs: Sequence[str]) -> list[Container]:
         found.append(Container(
             id=str(item.get("Id", "")), docker_name=str(item.get("Name", "")).lstrip("/"),
             state=str(_mapping(item.get("State")).get("Status", "unknown")),
-            image=str(config.get("Image", "")), created=str(item.get("Created", "")),
+            image=str(config.get("Image", "")), created=str(item.get("Created", ""))[:19] + "Z",
             labels=labels, ports=_inspected_ports(item),
         ))
     return found
@@ -622,21 +625,43 @@ def _inspected_ports(item: dict[str, Any]) -> list[str]:
 
 
 def _labelled_containers(store: StateStore) -> dict[str, Container]:
-    """This home's containers by sandbox name: ids from `docker ps -q` filtered by label, then
-    their labels as a map from `docker inspect` (a label value may hold commas). A container
-    counts only when its docker name is the name its label gives."""
-    out = docker.run_docker(docker.list_argv(store.label)).stdout
-    ids = [line.strip() for line in out.splitlines() if re.fullmatch(r"[0-9a-f]{64}", line.strip())]
+    """This home's containers by sandbox name, from `docker ps` rows whose labels are read by
+    key (docker.rows_argv: exact values, no container lock). A container counts only when
+    its docker name is the name its label gives."""
+    out = docker.run_docker(docker.rows_argv(store.label)).stdout
     found: dict[str, Container] = {}
-    for box in _inspect(ids):
-        label_name = box.labels.get(docker.LABEL_NAME, "")
+    for line in out.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        text = {key: value for key, value in row.items() if isinstance(value, str)}
+        labels = {key: text.get(key, "") for key in docker.LISTED_LABELS}
+        label_name = labels[docker.LABEL_NAME]
         try:
             validate.name(label_name)
         except InvalidInput:
             continue
-        if box.docker_name == label_name and box.labels.get(docker.LABEL_HOME) == store.label:
-            found[label_name] = box
+        if text.get("names") != label_name or labels[docker.LABEL_HOME] != store.label:
+            continue
+        found[label_name] = Container(
+            id=text.get("id", ""), docker_name=label_name, state=text.get("state", "unknown"),
+            image=text.get("image", ""), created=_ps_time(text.get("created", "")),
+            labels=labels, ports=[p for p in text.get("ports", "").split(", ") if "->" in p])
     return found
+
+
+def _ps_time(text: str) -> str:
+    """`docker ps`'s CreatedAt (2026-11-26 15:13:40 +0000 UTC) as ISO 8601, '' if not one."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.strptime(text[:25], "%Y-%m-%d %H:%M:%S %z")
+    except ValueError:
+        return ""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict[str, Any]]:
@@ -660,7 +685,7 @@ def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict
             "network": rec.network if rec else False,
             "ports": box.ports if box and box.state == "running" else rec.ports if rec else [],
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
-            "created_at": rec.created_at if rec else box.created[:19] + "Z" if box else "",
+            "created_at": rec.created_at if rec else box.created if box else "",
             "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
             "files_until": files_until(rec) if rec and rec.expired() else None,
             "tracked": rec is not None,
@@ -670,7 +695,7 @@ def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict
 
 def _old_enough(box: Container) -> bool:
     """True when a listed container was created ORPHAN_MIN_AGE_SECONDS ago or more."""
-    when = parse_iso(box.created[:19] + "Z")  # inspect gives nanoseconds: keep the seconds
+    when = parse_iso(box.created)
     if when is None:
         return True  # unknown age: treat as a leftover, as before
     return time.time() - when >= ORPHAN_MIN_AGE_SECONDS

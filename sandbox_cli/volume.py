@@ -517,6 +517,18 @@ def _rmdir_if_empty(dir_fd: int, name: str) -> bool:
         raise
 
 
+def empty_tree(root_fd: int, tally: Tally | None = None) -> None:
+    """Delete everything beneath ROOT_FD, which itself stays; a batch of names at a time, so
+    a folder a million entries wide costs no more memory than a narrow one."""
+    while True:
+        with os.scandir(root_fd) as entries:
+            names = [entry.name for _, entry in zip(range(_BATCH), entries, strict=False)]
+        if not names:
+            return
+        for name in names:
+            remove_tree(root_fd, name, tally)
+
+
 @dataclass
 class Tally:
     """What a removal took away: entries other than folders, and their bytes."""
@@ -541,6 +553,8 @@ def remove_tree(parent_fd: int, name: str, tally: Tally | None = None) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
+        if tally is not None:
+            tally.files, tally.bytes = tally.files + 1, tally.bytes + st.st_size
         _unlink_entry(parent_fd, name)
         return
     current = _open_for_removal(parent_fd, name)

@@ -22,6 +22,7 @@ from tests.conftest import BUSYBOX_IMAGE, Runner
 
 STORM_SH = "while :; do kill -STOP -1; done"  # busybox sh: its builtin kill, no fork a loop
 STORM_PY = "import os\nwhile True:\n    os.kill(-1, 19)\n"
+SANDBOX_USER = "65534:65534"  # whom the code runs as (sandbox._make_folder), root or not
 BOUND = 15.0  # "the timeout plus a few seconds", generous for a loaded 2-core machine
 
 
@@ -137,12 +138,14 @@ def test_in_container_kill_ignores_the_client_clock(box: str, sandbox: Runner,
     orphan the exec began dies and the sandbox lives."""
     cid = reaper(box)
     monkeypatch.setenv("SANDBOX_KILL_FROM_HOST", "0")
+    user = sandbox("exec", box, "sh", "-c", 'echo "$(id -u):$(id -g)"',
+                   check=True).stdout.decode().strip()
     for wrong_ticks in (10**12, 0):
         tag = execute.ExecTag(os.urandom(8).hex(), wrong_ticks, time.monotonic())
         sandbox("exec", box, "sh", "-c", "env -i setsid sleep 996 >/dev/null 2>&1 &",
                 check=True, timeout=60)
         assert any("996" in cmd for _, _, cmd in processes(cid))
-        assert execute.kill_in_container(cid, tag)
+        assert execute.kill_in_container(cid, tag, user)
         assert_only_main_left(cid)
 
 
@@ -151,9 +154,12 @@ def test_in_container_kill_ignores_the_client_clock(box: str, sandbox: Runner,
 def test_purge_removes_a_wedged_container(box: str, sandbox: Runner,
                                           reaper: Callable[[str], str]) -> None:
     cid = reaper(box)
-    subprocess.run(["docker", "exec", "-d", cid, "sh", "-c", STORM_SH], check=True,
+    # As the sandbox user, as the code runs (the main process is root, out of its reach).
+    subprocess.run(["docker", "exec", "-d", "--user", SANDBOX_USER, cid, "sh", "-c", STORM_SH],
+                   check=True,
                    capture_output=True, timeout=60)
-    frozen = subprocess.Popen(["docker", "exec", cid, "true"], stdin=subprocess.DEVNULL,
+    frozen = subprocess.Popen(["docker", "exec", "--user", SANDBOX_USER, cid, "true"],
+                              stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         end = time.monotonic() + 30

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -209,9 +210,11 @@ def test_write_never_writes_through_container_hard_link(box: str, sandbox: Runne
     assert sh(sandbox, box, "cat other h2") == "original\ncopied"
 
 
-def test_write_never_writes_through_host_hard_link_to_outside(box: str, sandbox: Runner,
-                                                              home: Path,
+def test_write_never_writes_through_host_hard_link_to_outside(start_box: Callable[..., str],
+                                                              sandbox: Runner, home: Path,
                                                               tmp_path: Path) -> None:
+    # An uncapped folder: a capped one is a file system of its own, which no link can enter.
+    box = start_box("--disk", "unlimited")
     outside = tmp_path / "outside.txt"
     outside.write_bytes(SECRET)
     os.link(outside, folder(home, box) / "hl")  # same filesystem: a real second name
