@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import typer
 
+import sandbox_cli
 from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE
 
-ROOT = Path(__file__).resolve().parents[2]
 TEST_USER = "sandbox-test-user"
 
 
@@ -45,11 +45,15 @@ class User:
     def __init__(self, home: Path, uid: int, gid: int) -> None:
         self.home, self.uid, self.gid = home, uid, gid
         self.sandbox_home = home / "sandbox-home"
+        # Where this run imports sandbox_cli and its dependencies from (a checkout under /root,
+        # as CI's may be, is out of the user's reach; site-packages of a venv in /tmp is not).
+        package = str(Path(sandbox_cli.__file__).resolve().parents[1])
         site = str(Path(typer.__file__).resolve().parents[1])
         self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
                     "SANDBOX_HOME": str(self.sandbox_home), "NO_COLOR": "1",
                     "XDG_CONFIG_HOME": str(home / "config"),
-                    "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "PYTHONDONTWRITEBYTECODE": "1"}
+                    "PYTHONPATH": f"{package}{os.pathsep}{site}",
+                    "PYTHONDONTWRITEBYTECODE": "1"}
 
     def run(self, *argv: str, input: bytes | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
