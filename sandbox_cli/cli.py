@@ -478,6 +478,32 @@ def doctor(json_out: JsonOpt = False) -> None:
     raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
 
 
+@app.command("mcp")
+def mcp_server(
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", metavar="IMAGE",
+                     help="An image the client may start (the first is the default). "
+                     "Repeatable [default: the configured image]."),
+    ] = None,
+    network: Annotated[
+        bool, typer.Option("--network", help="Let the client ask for a network and ports.")
+    ] = False,
+    max_sandboxes: Annotated[
+        int, typer.Option("--max-sandboxes", metavar="N", help="Sandboxes at once.")
+    ] = 8,
+    root: Annotated[
+        str | None,
+        typer.Option("--root", metavar="DIR",
+                     help="The only host folder copy_to reads [default: the current directory]."),
+    ] = None,
+) -> None:
+    """Serve the Model Context Protocol on stdio (needs `pip install 'sandbox-cli[mcp]'`)."""
+    from . import mcp_server as server
+
+    raise typer.Exit(server.serve(image or [], network, max_sandboxes, root))
+
+
 def version_callback(value: bool) -> None:
     """--version."""
     if value:
