@@ -266,9 +266,9 @@ class Sandbox:
              max_output: int = DEFAULT_MAX_OUTPUT) -> ExecResult:
         """`sandbox exec --json`: run CMD (no shell) with STDIN (or none) and wait. A
         timeout (seconds, or 30s / 5m) stops the command inside the container: exit 124,
-        timed_out. A non-zero exit is a result, not an exception; a sandbox that is gone or
-        a command that cannot be found... are results too (127/126, not_started), except
-        SandboxNotFound and docker failures, which raise."""
+        timed_out. A non-zero exit is a result, not an exception, and so is a command that
+        cannot start (127 not found, 126 not executable, with not_started); a sandbox that is
+        gone raises SandboxNotFound, a docker failure its SandboxError."""
         if max_output < 0:
             raise InvalidInput("max_output must be 0 or more bytes")
         result = execute.exec_input(
