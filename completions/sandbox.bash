@@ -27,7 +27,8 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to disconnect purge ls build-repo run doctor)
+            commands=(start exec write read copy-to disconnect purge ls build-repo run doctor
+              mcp)
             flags=(--verbose -v --version --help -h)
             valued=()
             files=()
@@ -102,6 +103,12 @@ _sandbox_spec() {
         doctor)
             flags=(--json --help -h)
             valued=()
+            files=()
+            args=()
+            ;;
+        mcp)
+            flags=(--image --network --max-sandboxes --root --help -h)
+            valued=(--image --max-sandboxes --root)
             files=()
             args=()
             ;;

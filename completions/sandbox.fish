@@ -108,6 +108,10 @@ function __sandbox_state
                     set valued
                     set files
                     set args
+                case mcp
+                    set valued --image --max-sandboxes --root
+                    set files
+                    set args
                 case '*'  # not one of ours
                     echo stop
                     return
@@ -168,6 +172,7 @@ complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a tab
 complete -c sandbox -n '__sandbox_at subcommand' -a build-repo -d 'Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)'
 complete -c sandbox -n '__sandbox_at subcommand' -a run -d 'Start, copy, exec and purge in one: exits with the command\'s code, always cleans up'
 complete -c sandbox -n '__sandbox_at subcommand' -a doctor -d 'Check docker, the daemon, runtimes, the default image and the state folder'
+complete -c sandbox -n '__sandbox_at subcommand' -a mcp -d 'Serve the Model Context Protocol on stdio (needs `pip install \'sandbox-cli[mcp]\'`)'
 
 # Options of `sandbox` itself.
 complete -c sandbox -n '__sandbox_options ""' -l verbose -s v -d 'Print each docker command line to stderr (secrets masked)'
@@ -259,3 +264,10 @@ complete -c sandbox -n '__sandbox_options run' -l help -s h -d 'Show this messag
 # Options of `sandbox doctor`.
 complete -c sandbox -n '__sandbox_options doctor' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options doctor' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox mcp`.
+complete -c sandbox -n '__sandbox_options mcp' -l image -x -d 'An image the client may start (the first is the default)'
+complete -c sandbox -n '__sandbox_options mcp' -l network -d 'Let the client ask for a network and ports'
+complete -c sandbox -n '__sandbox_options mcp' -l max-sandboxes -x -d 'Sandboxes at once'
+complete -c sandbox -n '__sandbox_options mcp' -l root -x -d 'The only host folder copy_to reads [default: the current directory]'
+complete -c sandbox -n '__sandbox_options mcp' -l help -s h -d 'Show this message and exit'

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
 
-from . import config, docker, execute, sandbox, ui, validate
+from . import config, core, execute, sandbox, ui, validate
 from .errors import InvalidInput
 from .state import SandboxRecord, StateStore
 
@@ -161,19 +160,6 @@ def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
     }
 
 
-def _env_pairs(values: list[str] | None) -> dict[str, str]:
-    return dict(validate.env_pair(v, dict(os.environ)) for v in values or [])
-
-
-def _timeout_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return validate.timeout(float(value))
-    except ValueError:
-        return float(validate.duration(value))
-
-
 def _resolve_start(
     image: str | None,
     network: bool | None,
@@ -190,21 +176,13 @@ def _resolve_start(
     tmpfs_size: str | None = None,
     disk: str | None = None,
 ) -> config.StartOptions:
-    flags: dict[str, Any] = {  # None: not given; config.resolve checks every given value
+    flags: dict[str, Any] = {  # None: not given; core.resolve_start checks every given value
         "image": image, "network": network, "ports": port or None,
-        "env": _env_pairs(env) if env else None, "keep": keep, "ttl": ttl, "memory": memory,
-        "cpus": cpus, "pids": pids, "read_only": read_only, "runtime": runtime,
-        "cap_add": cap_add or None, "tmpfs_size": tmpfs_size, "disk": disk,
+        "env": core.env_pairs(env) if env else None, "keep": keep, "ttl": ttl,
+        "memory": memory, "cpus": cpus, "pids": pids, "read_only": read_only,
+        "runtime": runtime, "cap_add": cap_add or None, "tmpfs_size": tmpfs_size, "disk": disk,
     }
-    resolved = config.resolve(flags)
-    for path in resolved.ignored:
-        ui.warn(f"ignoring {path}: it is owned by another user")
-    if resolved.loosened_by_project:
-        project = resolved.files[-1]
-        settings = ", ".join(config.describe(key, getattr(resolved.options, key))
-                             for key in resolved.loosened_by_project)
-        ui.warn(f"{project} loosens the defaults: {settings}")
-    return resolved.options
+    return core.resolve_start(flags, warn=ui.warn)
 
 
 @app.command()
@@ -255,8 +233,8 @@ def exec_(
     ] = False,
 ) -> None:
     """Run a command in a sandbox; exits with its exit code (124 on timeout)."""
-    seconds = _timeout_seconds(timeout)
-    pairs = _env_pairs(env)
+    seconds = core.timeout_seconds(timeout)
+    pairs = core.env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
     if json_out:
         if tty:
@@ -463,7 +441,7 @@ def run(
     ] = False,
 ) -> None:
     """Start, copy, exec and purge in one: exits with the command's code, always cleans up."""
-    seconds = _timeout_seconds(timeout)
+    seconds = core.timeout_seconds(timeout)
     directory = validate.container_dir(workdir) if workdir else None
     from .selection import pattern
 
@@ -477,43 +455,14 @@ def run(
     forward, use_tty = execute.stdin_mode(tty)
     if json_out:  # no terminal: stdout and stderr must stay apart
         forward, use_tty = forward and not sys.stdin.isatty(), False
-    store = _store()
-    record = sandbox.create_one_shot(store, options, command, name=name, workdir=directory,
-                                     stdin=forward, tty=use_tty, progress=ui.info,
-                                     report=ui.info)
-    finished = False
-    try:
-        if patterns:
-            _report_copy(sandbox.copy_to(store, record.name, patterns), False)
-        argv = docker.start_attached_argv(record.name, stdin=forward)
-
-        def stop() -> bool:  # the command is the container's main process: end the container
-            sandbox.remove_container(sandbox.container_ref(record))
-            return True
-
-        # run's TTL shell (docker.TTL_SCRIPT) says so on stderr when the command cannot start
-        intercept = None if use_tty else (2, execute.TTL_MARKER)
-        began = time.time()
-        outcome: execute.Outcome | execute.ExecResult
-        if json_out:
-            outcome = execute.capture(argv, stdin=forward, timeout=seconds, stop=stop,
-                                      intercept=intercept, command=command)
-            outcome = execute.finish_report(outcome, record.container_id, began,
-                                            options.memory)
-            ui.emit_json(outcome.to_json())
-            code = outcome.exit_code
-        else:
-            outcome = execute.stream(argv, stdin=forward, timeout=seconds, stop=stop,
-                                     intercept=intercept, command=command)
-            outcome = execute.finish_report(outcome, record.container_id, began,
-                                            options.memory)
-            code = outcome.code
-        # The attached client returned by itself: the container has ended (and --rm removes it).
-        finished = not outcome.timed_out
-        ui.report_stop(outcome, seconds, record.name)
-    finally:
-        sandbox.discard(store, record, container_gone=finished)
-    raise typer.Exit(code)
+    result = core.run_once(_store(), options, command, name=name, patterns=patterns,
+                           workdir=directory, timeout=seconds, stdin=forward, tty=use_tty,
+                           captured=json_out, progress=ui.info, report=ui.info,
+                           copied=lambda summary: _report_copy(summary, False))
+    if isinstance(result.outcome, execute.ExecResult):
+        ui.emit_json(result.outcome.to_json())
+    ui.report_stop(result.outcome, seconds, result.name)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -527,6 +476,32 @@ def doctor(json_out: JsonOpt = False) -> None:
     else:
         ui.doctor_report(checks)
     raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+@app.command("mcp")
+def mcp_server(
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", metavar="IMAGE",
+                     help="An image the client may start (the first is the default). "
+                     "Repeatable [default: the configured image]."),
+    ] = None,
+    network: Annotated[
+        bool, typer.Option("--network", help="Let the client ask for a network and ports.")
+    ] = False,
+    max_sandboxes: Annotated[
+        int, typer.Option("--max-sandboxes", metavar="N", help="Sandboxes at once.")
+    ] = 8,
+    root: Annotated[
+        str | None,
+        typer.Option("--root", metavar="DIR",
+                     help="The only host folder copy_to reads [default: the current directory]."),
+    ] = None,
+) -> None:
+    """Serve the Model Context Protocol on stdio (needs `pip install 'sandbox-cli[mcp]'`)."""
+    from . import mcp_server as server
+
+    raise typer.Exit(server.serve(image or [], network, max_sandboxes, root))
 
 
 def version_callback(value: bool) -> None:

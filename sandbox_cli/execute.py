@@ -4,6 +4,7 @@ ends the command inside the container too (killing the docker client alone would
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -147,14 +148,17 @@ class Outcome(NamedTuple):
     not_started: str = ""  # why the command could not start (not found, not executable)
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop) -> Outcome:
+def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop,
+            watch_reader: bool = True) -> Outcome:
     """Wait for PROC; on timeout or Ctrl-C call STOP (which ends the command inside the
-    container: killing the docker client alone would not), then reap the client."""
+    container: killing the docker client alone would not), then reap the client.
+    WATCH_READER: our own stdout/stderr carry the output (the CLI), so a reader that went
+    away there means the client gave up; the API's pipes are not ours to poll."""
     try:
         code = proc.wait(timeout=timeout)
         if code < 0:  # the client was killed (e.g. SIGPIPE under `| head`): not the command
             return Outcome(128 - code, stop_failed=not stop())
-        if _reader_gone():  # the client gave up writing to a closed pipe: the command may live
+        if watch_reader and _reader_gone():  # the client gave up on a closed pipe: it may live
             return Outcome(128 + signal.SIGPIPE, stop_failed=not stop())
         return Outcome(code)
     except subprocess.TimeoutExpired:
@@ -306,13 +310,46 @@ def _drain(stream: object, keep: int, sink: bytearray, truncated: list[bool]) ->
             truncated[0] = True
 
 
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> threading.Thread | None:
+    """Write DATA to PROC's stdin from a thread, then close it (EOF for the command). A
+    command that stops reading early is not an error: the rest is dropped."""
+    pipe = proc.stdin
+    if pipe is None:
+        return None
+
+    def write() -> None:
+        try:
+            pipe.write(data)
+        except (BrokenPipeError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def _stdin_arg(stdin: bool, data: bytes | None) -> int | None:
+    """Popen's stdin: a pipe for DATA, ours when forwarding (the CLI), else /dev/null."""
+    if data is not None:
+        return subprocess.PIPE
+    return None if stdin else subprocess.DEVNULL
+
+
 def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Stop,
             max_capture: int = DEFAULT_MAX_CAPTURE, intercept: Intercept | None = None,
-            command: Sequence[str] = ()) -> ExecResult:
-    """Run an attached docker client keeping at most MAX_CAPTURE bytes of each stream."""
+            command: Sequence[str] = (), data: bytes | None = None,
+            watch_reader: bool = True) -> ExecResult:
+    """Run an attached docker client keeping at most MAX_CAPTURE bytes of each stream.
+    DATA (the API's stdin) is fed to the command, then EOF; without it STDIN says whether
+    our own stdin is forwarded."""
     began = time.monotonic()
-    proc = docker.popen_docker(argv, stdin=None if stdin else subprocess.DEVNULL,
+    proc = docker.popen_docker(argv, stdin=_stdin_arg(stdin, data),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if data is not None:
+        _feed(proc, data)
     out, err = bytearray(), bytearray()
     out_cut, err_cut = [False], [False]
     readers = [threading.Thread(target=_drain, args=(proc.stdout, max_capture, out, out_cut),
@@ -321,7 +358,7 @@ def capture(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: St
                                 daemon=True)]
     for reader in readers:
         reader.start()
-    outcome = _finish(proc, timeout, stop)
+    outcome = _finish(proc, timeout, stop, watch_reader)
     for reader in readers:
         reader.join(timeout=KILL_GRACE_SECONDS)
     result = ExecResult(outcome.code, bytes(out), bytes(err), outcome.timed_out, out_cut[0],
@@ -354,34 +391,58 @@ def oom_killed(target: str, since: float) -> bool:
 Result = TypeVar("Result", Outcome, ExecResult)
 
 
-def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
-          workdir: str | None, timeout: float | None,
-          run: Callable[..., Result], captured: bool, tty: bool | None = None) -> Result:
-    """Check NAME is live, then `docker exec` COMMAND, streamed or captured; -e values go
-    through a private env file that lives as long as the exec."""
+class _Target(NamedTuple):
+    """Where an exec goes: the container (by id), its user, its memory limit."""
+
+    ref: str
+    user: str | None
+    memory: str
+
+
+def _target(store: StateStore, name: str, command: Sequence[str]) -> _Target:
+    """Check COMMAND and that NAME is live; the container to enter, by id: a container of
+    the same name from another home is never entered."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
     from .sandbox import container_ref, require
 
-    # By id, not name: a container of the same name from another home is never entered.
     record = require(store, name)
-    target = container_ref(record)
     user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
-    forward, use_tty = stdin_mode(tty)
-    if captured:  # no terminal: stdout and stderr must stay apart
-        forward, use_tty = forward and not os.isatty(0), False
+    return _Target(container_ref(record), user, str(record.options.get("memory", "")))
+
+
+INHERIT = None  # stdin of _exec: the CLI's own (forwarded when piped), decided by stdin_mode
+
+
+def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, str],
+          workdir: str | None, timeout: float | None,
+          run: Callable[..., Result], captured: bool, tty: bool | None = None,
+          data: bytes | None = INHERIT, own_stdin: bool = True) -> Result:
+    """Check NAME is live, then `docker exec` COMMAND, streamed or captured; -e values go
+    through a private env file that lives as long as the exec. OWN_STDIN (the CLI): our
+    stdin is forwarded when piped and our stdout/stderr watched; otherwise (the API) DATA,
+    when given, is the command's whole stdin."""
+    target = _target(store, name, command)
+    if own_stdin:
+        forward, use_tty = stdin_mode(tty)
+        if captured:  # no terminal: stdout and stderr must stay apart
+            forward, use_tty = forward and not os.isatty(0), False
+        extra: dict[str, object] = {}
+    else:
+        forward, use_tty = data is not None, False
+        extra = {"data": data, "watch_reader": False}
     tag = _new_tag()
     began = time.time()
     with docker.env_file(env) as env_path:
-        argv = docker.exec_argv(target, command, marker=tag.marker, user=user,
+        argv = docker.exec_argv(target.ref, command, marker=tag.marker, user=target.user,
                                 env_file=env_path, workdir=workdir, stdin=forward, tty=use_tty)
         # With a tty, docker's line shares the terminal with the command's: nothing to move.
         intercept = None if use_tty else (1, OCI_MARKER)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(target, tag, user), intercept=intercept,
-                      command=command)
-    return finish_report(outcome, target, began, str(record.options.get("memory", "")),
-                         check=lambda: _require_running(target, name))
+                      stop=lambda: kill_in_container(target.ref, tag, target.user),
+                      intercept=intercept, command=command, **extra)
+    return finish_report(outcome, target.ref, began, target.memory,
+                         check=lambda: _require_running(target.ref, name))
 
 
 def finish_report(outcome: Result, target: str, began: float, memory: str,
@@ -431,3 +492,139 @@ def exec_captured(store: StateStore, name: str, command: Sequence[str], *,
                   timeout: float | None = None) -> ExecResult:
     """`sandbox exec --json`: run COMMAND in NAME with bounded capture."""
     return _exec(store, name, command, env or {}, workdir, timeout, capture, captured=True)
+
+
+def exec_input(store: StateStore, name: str, command: Sequence[str], *,
+               data: bytes | None = None, env: dict[str, str] | None = None,
+               workdir: str | None = None, timeout: float | None = None,
+               max_capture: int = DEFAULT_MAX_CAPTURE) -> ExecResult:
+    """The API's exec: COMMAND in NAME with DATA (or nothing) as its stdin, never ours, and
+    at most MAX_CAPTURE bytes kept of each stream."""
+    def run(argv: Sequence[str], **kwargs: object) -> ExecResult:
+        return capture(argv, max_capture=max_capture, **kwargs)  # type: ignore[arg-type]
+
+    return _exec(store, name, command, env or {}, workdir, timeout, run, captured=True,
+                 data=data, own_stdin=False)
+
+
+def exec_chunks(store: StateStore, name: str, command: Sequence[str], *,
+                data: bytes | None = None, env: dict[str, str] | None = None,
+                workdir: str | None = None, timeout: float | None = None) -> ChunkStream:
+    """The API's streaming exec: a ChunkStream of (stream, bytes) as the command writes."""
+    target = _target(store, name, command)
+    tag = _new_tag()
+    began = time.time()
+    files = contextlib.ExitStack()
+    try:
+        env_path = files.enter_context(docker.env_file(env or {}))
+        argv = docker.exec_argv(target.ref, command, marker=tag.marker, user=target.user,
+                                env_file=env_path, workdir=workdir, stdin=data is not None)
+
+        def done(outcome: Outcome) -> Outcome:
+            files.close()
+            return finish_report(outcome, target.ref, began, target.memory,
+                                 check=lambda: _require_running(target.ref, name))
+
+        return ChunkStream(argv, data=data, timeout=timeout,
+                           stop=lambda: kill_in_container(target.ref, tag, target.user),
+                           command=command, done=done)
+    except BaseException:
+        files.close()
+        raise
+
+
+CHUNK_QUEUE = 16  # chunks of at most 64 KiB waiting for the consumer: memory stays ~1 MiB
+
+
+class ChunkStream:
+    """An exec's output as it comes: iterate for ("stdout" | "stderr", bytes) chunks, then
+    read .outcome. A consumer that stops reading holds the command up (the pipes fill), so
+    memory stays bounded; the timeout still ends it. close() (or leaving `with`) before the
+    end stops the command inside the container."""
+
+    def __init__(self, argv: Sequence[str], *, data: bytes | None, timeout: float | None,
+                 stop: Stop, command: Sequence[str],
+                 done: Callable[[Outcome], Outcome]) -> None:
+        import queue
+
+        self._queue: queue.Queue[tuple[str, bytes | None]] = queue.Queue(CHUNK_QUEUE)
+        self._stop, self._command, self._done = stop, command, done
+        self._ended: set[str] = set()
+        self._held = bytearray()  # stdout's start while it may be docker's "cannot start"
+        self._deciding = True
+        self.outcome: Outcome | None = None
+        self._proc = docker.popen_docker(argv, stdin=_stdin_arg(False, data),
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if data is not None:
+            _feed(self._proc, data)
+        self._threads = [threading.Thread(target=self._read, args=(label, pipe), daemon=True)
+                         for label, pipe in (("stdout", self._proc.stdout),
+                                             ("stderr", self._proc.stderr))]
+        self._waited: list[Outcome] = []
+        self._waiter = threading.Thread(target=self._wait, args=(timeout,), daemon=True)
+        for thread in (*self._threads, self._waiter):
+            thread.start()
+
+    def _read(self, label: str, pipe: object) -> None:
+        read = pipe.read1  # type: ignore[attr-defined]
+        try:
+            while True:
+                chunk = read(1 << 16)
+                if not chunk:
+                    break
+                self._queue.put((label, chunk))
+        except (OSError, ValueError):
+            pass
+        self._queue.put((label, None))
+
+    def _wait(self, timeout: float | None) -> None:
+        self._waited.append(_finish(self._proc, timeout, self._stop, watch_reader=False))
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        while len(self._ended) < 2:
+            label, chunk = self._queue.get()
+            if chunk is None:
+                self._ended.add(label)
+                continue
+            if label == "stdout" and self._deciding:
+                self._held += chunk
+                if len(self._held) <= HOLD_MAX and (
+                        self._held.startswith(OCI_MARKER) or OCI_MARKER.startswith(self._held)):
+                    continue  # may be docker's line: decided by the exit code
+                self._deciding = False
+                chunk, self._held = bytes(self._held), bytearray()
+            yield label, chunk
+        self._finish_up()
+        if self._held:
+            yield "stdout", bytes(self._held)
+            self._held.clear()
+
+    def _finish_up(self) -> None:
+        if self.outcome is not None:
+            return
+        self._waiter.join()
+        outcome = self._waited[0] if self._waited else Outcome(1)
+        failed = _not_started(outcome.code, bytes(self._held), OCI_MARKER, self._command)
+        if failed is not None:
+            self._held.clear()
+            outcome = outcome._replace(code=failed[0], not_started=failed[1])
+        self.outcome = self._done(outcome)
+
+    def close(self) -> Outcome:
+        """Stop the command if it still runs, drain what is left, and return how it ended."""
+        if self.outcome is None:
+            if self._proc.poll() is None and self._waiter.is_alive():
+                self._stop()
+            while len(self._ended) < 2:  # unblock the readers
+                label, chunk = self._queue.get()
+                if chunk is None:
+                    self._ended.add(label)
+            self._finish_up()
+        assert self.outcome is not None
+        return self.outcome
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -304,7 +304,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
 
 def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
             build: Callable[[docker.RunSpec], list[str]],
-            progress: Progress | None) -> SandboxRecord:
+            progress: Progress | None, pull_output: bool = True) -> SandboxRecord:
     """Run BUILD(spec) (docker run -d / docker create), pulling the image once if it is
     missing, and record the sandbox; on any failure or signal nothing is left behind."""
     name = prepared.name
@@ -314,7 +314,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     container_id = ""
     try:
         with docker.env_file(prepared.env) as env_path:
-            container_id, spec = _create_container(prepared, env_path, build, progress)
+            container_id, spec = _create_container(prepared, env_path, build, progress,
+                                                   pull_output)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
             else list(options.ports)
     except NameInUse:
@@ -398,7 +399,8 @@ def _bound_ports(container_id: str) -> list[str]:
 
 def _create_container(prepared: _Prepared, env_path: str | None,
                       build: Callable[[docker.RunSpec], list[str]],
-                      progress: Progress | None) -> tuple[str, docker.RunSpec]:
+                      progress: Progress | None,
+                      pull_output: bool = True) -> tuple[str, docker.RunSpec]:
     """(container id, the spec used). The expiry is stamped just before each attempt, so a
     slow pull never leaves a record that expires before its container does."""
     pulled = False
@@ -411,16 +413,19 @@ def _create_container(prepared: _Prepared, env_path: str | None,
         except ImageError:
             if pulled:
                 raise
-        pull_image(spec.image, progress)  # not present locally: pull it once, then retry
+        pull_image(spec.image, progress, pull_output)  # not present: pull it once, retry
         pulled = True
 
 
 def start(store: StateStore, options: StartOptions, name: str | None = None,
-          progress: Progress | None = None, report: Report | None = None) -> SandboxRecord:
-    """Create and start a locked-down container with the sandbox folder mounted at /app."""
+          progress: Progress | None = None, report: Report | None = None,
+          pull_output: bool = True) -> SandboxRecord:
+    """Create and start a locked-down container with the sandbox folder mounted at /app.
+    PULL_OUTPUT: docker pull's own progress goes to our stderr (the CLI), else nowhere
+    (the API and the MCP server never print)."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
     prepared = _prepare(store, options, name, ttl_seconds, report)
-    return _create(store, options, prepared, docker.run_argv, progress)
+    return _create(store, options, prepared, docker.run_argv, progress, pull_output)
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
@@ -452,12 +457,14 @@ def discard(store: StateStore, record: SandboxRecord, *, container_gone: bool = 
         records.pop(name, None)
 
 
-def pull_image(image: str, progress: Progress | None = None) -> None:
-    """`docker pull` with its progress on our stderr; a failure becomes one ImageError line."""
+def pull_image(image: str, progress: Progress | None = None, output: bool = True) -> None:
+    """`docker pull` with its progress on our stderr (unless not OUTPUT); a failure becomes
+    one ImageError line."""
     if progress:
         progress(f"pulling image {image} ...")
     proc = docker.popen_docker(docker.pull_argv(image), stdin=subprocess.DEVNULL,
-                               stdout=sys.stderr.fileno(), stderr=subprocess.PIPE)
+                               stdout=sys.stderr.fileno() if output else subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=docker.DEADLINE_PULL)
     except subprocess.TimeoutExpired:
