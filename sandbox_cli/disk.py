@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 
@@ -84,46 +85,51 @@ def attach(disks_dir: str, folder: str, name: str, size: int, owner: tuple[int, 
 
 
 def _mounted_image(folder: str) -> str | None:
-    """The backing file of the loop device mounted exactly on FOLDER, or None."""
+    """The backing file of the loop device mounted exactly on FOLDER, or None. The kernel
+    records a mount point by its real path (links resolved, bytes escaped as octal), so
+    FOLDER is compared the same way: a home reached through a link is still recognised."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+        with open("/proc/self/mountinfo", "rb") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
+    real = os.fsencode(os.path.realpath(folder))
     for line in reversed(lines):  # the last mount on a path is the one in force
         fields = line.split()
-        if len(fields) < 10 or _unescape(fields[4]) != folder:
+        if len(fields) < 10 or _unescape(fields[4]) != real:
             continue
-        dash = fields.index("-") if "-" in fields else -1
-        source = fields[dash + 2] if 0 < dash < len(fields) - 2 else ""
+        dash = fields.index(b"-") if b"-" in fields else -1
+        source = os.fsdecode(fields[dash + 2]) if 0 < dash < len(fields) - 2 else ""
         if not source.startswith("/dev/loop"):
             return None
         try:
             with open(f"/sys/block/{os.path.basename(source)}/loop/backing_file",
-                      encoding="utf-8") as backing:
-                return backing.read().strip()
+                      encoding="utf-8", errors="surrogateescape") as backing:
+                return backing.read().rstrip("\n")
         except OSError:
             return None
     return None
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+def _unescape(field: bytes) -> bytes:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040); other bytes,
+    UTF-8 included, are as they are."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
 
 
 def mounted(disks_dir: str, folder: str, name: str) -> bool:
     """True when NAME's own image is what is mounted on FOLDER."""
-    return _mounted_image(folder) == image_path(disks_dir, name)
+    return _mounted_image(folder) == os.path.realpath(image_path(disks_dir, name))
 
 
 def detach(disks_dir: str, folder: str, name: str) -> None:
     """Unmount NAME's image from FOLDER (only when it is that image) and delete the image."""
     image = image_path(disks_dir, name)
-    if _mounted_image(folder) == image:
+    if _mounted_image(folder) == os.path.realpath(image):
+        real = os.path.realpath(folder)  # the path the kernel knows the mount by
         try:
-            _run([_tool("umount") or "umount", folder])
+            _run([_tool("umount") or "umount", real])
         except DiskError:
-            _run([_tool("umount") or "umount", "--lazy", folder])  # busy: detach now, free later
+            _run([_tool("umount") or "umount", "--lazy", real])  # busy: detach now, free later
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image)

@@ -195,7 +195,12 @@ def _remove_folders(store: StateStore, names: Iterable[str],
                 volume.remove_tree(parent, validate.name(name), tally)
             except PermissionError:
                 _unlock(store, name, (images or {}).get(name))
-                volume.remove_tree(parent, name, tally)
+                try:
+                    volume.remove_tree(parent, name, tally)
+                except PermissionError as exc:  # one line naming the folder, not a bare errno
+                    raise UnsafePath(f"cannot remove {store.volume_path(name)}: {exc.strerror} "
+                                     f"even after unlocking it; as root: rm -rf "
+                                     f"{store.volume_path(name)}") from None
     finally:
         os.close(parent)
 
@@ -217,9 +222,10 @@ def _unlock(store: StateStore, name: str, image: str | None) -> None:
                           volume=folder, user=f"{NOBODY[0]}:{NOBODY[1]}",
                           home_label=store.label, ttl_seconds=None, memory="128m", pids_limit=16)
     # find visits a folder before it reads it (chmod -R gives up at a folder it cannot read),
-    # and /app itself is yours, so only what is below it.
+    # and /app itself is yours, so only what is below it. The sticky bit goes too: in a
+    # sticky folder of the sandbox user's, only that user may remove what others made.
     argv = docker.create_argv(spec, ["find", docker.WORKDIR, "-mindepth", "1", "-exec",
-                                     "chmod", "a+rwX", "{}", ";"])
+                                     "chmod", "a+rwX,a-t", "{}", ";"])
     argv[argv.index("create")] = "run"
     proc = docker.run_docker(argv, check=False)
     if proc.returncode != 0:
