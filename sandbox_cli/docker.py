@@ -32,6 +32,7 @@ LABEL_KEEP = f"{LABEL_PREFIX}.keep"
 LABEL_EXPIRES = f"{LABEL_PREFIX}.expires"
 LABEL_HOME_DIR = f"{LABEL_PREFIX}.home-dir"  # shown when another home's name clashes with ours
 LABEL_ATTEMPT = f"{LABEL_PREFIX}.attempt"  # a nonce per docker run/create: cleanup finds it
+LABEL_USER = f"{LABEL_PREFIX}.user"  # the sandbox's own uid:gid (purge's unlock needs it)
 EXEC_MARKER = "SANDBOX_EXEC_ID"  # env var that tags every process an exec starts
 WORKDIR = "/app"
 SLEEP_FOREVER = "2147483647"  # seconds; `sleep infinity` is not understood by every sleep
@@ -87,6 +88,7 @@ class RunSpec:
     ttl_seconds: int | None  # None: never expires (--keep)
     expires_at: str = ""
     attempt: str = ""  # LABEL_ATTEMPT's value: a failed start removes only what carries it
+    managed: bool = True  # False for a helper container, which no listing may take for a box
     home_dir: str = ""  # LABEL_HOME_DIR's value
     keep: bool = False  # survives a bare purge
     network: bool = False
@@ -162,9 +164,10 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
     the sandbox user for run's one-shot command."""
     argv = [
         "--name", spec.name, "--hostname", spec.name,
-        "--label", f"{LABEL_MANAGED}=1",
+        *(["--label", f"{LABEL_MANAGED}=1"] if spec.managed else []),
         "--label", f"{LABEL_HOME}={spec.home_label}",
         "--label", f"{LABEL_NAME}={spec.name}",
+        "--label", f"{LABEL_USER}={spec.user}",
         "--label", f"{LABEL_KEEP}={1 if spec.keep else 0}",
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
         *(["--label", f"{LABEL_ATTEMPT}={spec.attempt}"] if spec.attempt else []),
@@ -312,7 +315,8 @@ def list_argv(home_label: str, attempt: str | None = None) -> list[str]:
     return argv
 
 
-LISTED_LABELS = (LABEL_MANAGED, LABEL_HOME, LABEL_NAME, LABEL_KEEP, LABEL_EXPIRES, LABEL_HOME_DIR)
+LISTED_LABELS = (LABEL_MANAGED, LABEL_HOME, LABEL_NAME, LABEL_KEEP, LABEL_EXPIRES, LABEL_HOME_DIR,
+                 LABEL_USER)
 
 
 def rows_argv(home_label: str) -> list[str]:

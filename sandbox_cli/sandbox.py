@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 from . import acl, disk, docker, validate, volume
 from .errors import (
@@ -30,7 +30,25 @@ from .ui import human_bytes
 if TYPE_CHECKING:  # an annotation only: exec, read and write need not import config
     from .config import StartOptions
 
-NOBODY = (65534, 65534)
+# Each sandbox's code runs as a uid of its own, never yours and never another sandbox's: per-
+# user kernel quotas (inotify instances and watches, processes, pending signals, pipe buffers,
+# message queues) are counted by uid, so a shared one would let a sandbox spend yours or its
+# neighbours'. Picked at random from a range that real accounts, `nobody` and the usual
+# subordinate-uid blocks stay below, and small enough for tar's octal uid field (docker cp).
+SANDBOX_UID_BASE = 1_100_000
+SANDBOX_UID_SPAN = 900_000
+
+
+def new_sandbox_user() -> tuple[int, int]:
+    """A fresh uid (and the same number as gid) for one sandbox's code."""
+    uid = SANDBOX_UID_BASE + int.from_bytes(os.urandom(4), "big") % SANDBOX_UID_SPAN
+    return uid, uid
+
+
+def _user_of(text: str) -> tuple[int, int] | None:
+    """UID:GID from a record or a label (untrusted text), or None."""
+    uid, _, gid = text.partition(":")
+    return (int(uid), int(gid)) if uid.isdigit() and gid.isdigit() else None
 ORPHAN_MIN_AGE_SECONDS = 60  # a folder this young may belong to a start still in progress
 # An expired sandbox's container goes at once; its folder stays this long after the expiry, so
 # that `read` still gets what the code produced (README "ls"), then ls, start or purge remove it.
@@ -50,12 +68,11 @@ def iso_at(when: float) -> str:
 
 def _make_folder(store: StateStore, name: str, disk_size: str,
                  report: Report | None) -> tuple[int, int]:
-    """Create NAME's folder; returns the uid:gid the code will run as.
+    """Create NAME's folder; returns the uid:gid the code will run as (new_sandbox_user).
 
-    Never your own uid: the code would spend your per-user kernel quotas (inotify instances,
-    processes, pipe buffers). As root, the folder is handed to nobody (65534) and size-capped;
-    as another user, nobody shares it with you through ACLs (acl.py), and only on a file system
-    without ACLs does the code run as you (said on stderr)."""
+    As root, the folder is handed to that uid and size-capped; as another user, it is shared
+    between you and that uid through ACLs (acl.py), and only on a file system without ACLs
+    does the code run as you (said on stderr)."""
     folder = store.volume_path(name)
     try:
         os.mkdir(folder, 0o700)
@@ -63,20 +80,21 @@ def _make_folder(store: StateStore, name: str, disk_size: str,
         raise NameInUse(
             f"the name {name!r} is taken (a sandbox by that name exists or is starting)"
         ) from None
+    user = new_sandbox_user()
     if os.getuid() == 0:
-        os.chown(folder, *NOBODY)
+        os.chown(folder, *user)
         os.chmod(folder, 0o755)
-        _cap_folder(store, name, folder, disk_size, NOBODY, report)
-        return NOBODY
-    _cap_folder(store, name, folder, disk_size, NOBODY, report)  # says why it is not capped
+        _cap_folder(store, name, folder, disk_size, user, report)
+        return user
+    _cap_folder(store, name, folder, disk_size, user, report)  # says why it is not capped
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        acl.share(fd, [os.getuid(), NOBODY[0]])
-        return NOBODY
+        acl.share(fd, [os.getuid(), user[0]])
+        return user
     except OSError as exc:
         if report:
             report(f"warning: the code runs as your own uid: {store.volumes_dir} has no ACLs "
-                 f"({exc.strerror})")
+                   f"({exc.strerror})")
         return os.getuid(), os.getgid()
     finally:
         os.close(fd)
@@ -119,7 +137,8 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
     for name in claimed:
         tally = volume.Tally()
         try:
-            _remove_folders(store, [name], {name: expired[name].image}, tally)
+            _remove_folders(store, [name], {name: Owner(expired[name].image, expired[name].user)},
+                            tally)
         except (OSError, SandboxError) as exc:
             _say(report, f"warning: could not remove the folder of expired {name}: "
                  f"{getattr(exc, 'message', None) or exc} (`sandbox purge` retries)")
@@ -175,11 +194,18 @@ def container_ref(record: SandboxRecord) -> str:
     return cid if re.fullmatch(r"[0-9a-f]{12,64}", cid) else record.name
 
 
+class Owner(NamedTuple):
+    """A sandbox's image and its code's uid:gid: what _unlock needs."""
+
+    image: str
+    user: str
+
+
 def _remove_folders(store: StateStore, names: Iterable[str],
-                    images: Mapping[str, str] | None = None,
+                    owners: Mapping[str, Owner] | None = None,
                     tally: volume.Tally | None = None) -> None:
-    """Unmount and delete the folders of NAMES (their containers are gone). IMAGES names each
-    sandbox's image, for a folder whose code locked you out of its own files (see _unlock)."""
+    """Unmount and delete the folders of NAMES (their containers are gone). OWNERS tells each
+    sandbox's image and user, for a folder whose code locked you out of its files (_unlock)."""
     names = list(names)
     if not names or not os.path.isdir(store.volumes_dir):
         return
@@ -194,7 +220,7 @@ def _remove_folders(store: StateStore, names: Iterable[str],
             try:
                 volume.remove_tree(parent, validate.name(name), tally)
             except PermissionError:
-                _unlock(store, name, (images or {}).get(name))
+                _unlock(store, name, (owners or {}).get(name))
                 try:
                     volume.remove_tree(parent, name, tally)
                 except PermissionError as exc:  # one line naming the folder, not a bare errno
@@ -205,29 +231,39 @@ def _remove_folders(store: StateStore, names: Iterable[str],
         os.close(parent)
 
 
-def _unlock(store: StateStore, name: str, image: str | None) -> None:
+UNLOCK_SECONDS = 300  # a tree of a million folders takes a while to chmod, one at a time
+
+
+def _unlock(store: StateStore, name: str, owner: Owner | None) -> None:
     """Make a folder removable again whose code (not you, see _make_folder) took your access
-    to its own files away: chmod them, as their owner, in a throwaway container of the
-    sandbox's image that sees the folder alone (no network, no capabilities, read-only)."""
+    to its own folders away: chmod them, as their owner, in a throwaway container of the
+    sandbox's image that sees the folder alone (no network, no capabilities, read-only). Only
+    folders: removing a file needs nothing of the file's own mode."""
     folder = store.volume_path(name)
     failure = f"cannot remove {folder}: the sandbox's code locked its files; as root: rm -rf"
-    if os.getuid() == 0 or not image:
+    user = _user_of(owner.user) if owner else None
+    if os.getuid() == 0 or owner is None or not owner.image or user is None or user[0] == 0:
         raise UnsafePath(f"{failure} {folder}")
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:  # a chmod of ours during the first attempt may have cut the sandbox user out
-        acl.share(fd, [os.getuid(), NOBODY[0]])
+        acl.share(fd, [os.getuid(), user[0]])
     finally:
         os.close(fd)
-    spec = docker.RunSpec(name=f"{name}-unlock-{os.urandom(3).hex()}", image=image,
-                          volume=folder, user=f"{NOBODY[0]}:{NOBODY[1]}",
-                          home_label=store.label, ttl_seconds=None, memory="128m", pids_limit=16)
+    # Not `managed`: no listing takes it for a sandbox, and --rm removes it when done.
+    spec = docker.RunSpec(name=f"{name}-unlock-{os.urandom(3).hex()}", image=owner.image,
+                          volume=folder, user=f"{user[0]}:{user[1]}", home_label=store.label,
+                          ttl_seconds=None, memory="128m", pids_limit=16, managed=False)
     # find visits a folder before it reads it (chmod -R gives up at a folder it cannot read),
     # and /app itself is yours, so only what is below it. The sticky bit goes too: in a
     # sticky folder of the sandbox user's, only that user may remove what others made.
-    argv = docker.create_argv(spec, ["find", docker.WORKDIR, "-mindepth", "1", "-exec",
-                                     "chmod", "a+rwX,a-t", "{}", ";"])
+    argv = docker.create_argv(spec, ["find", docker.WORKDIR, "-mindepth", "1", "-type", "d",
+                                     "-exec", "chmod", "a+rwx,a-t", "{}", ";"])
     argv[argv.index("create")] = "run"
-    proc = docker.run_docker(argv, check=False)
+    try:
+        proc = docker.run_docker(argv, check=False, timeout=UNLOCK_SECONDS)
+    except SandboxError:
+        docker.run_docker(docker.remove_argv([spec.name]), check=False)
+        raise UnsafePath(f"{failure} {folder} (unlocking it took too long)") from None
     if proc.returncode != 0:
         raise UnsafePath(f"{failure} {folder} (the image's find/chmod failed)")
 
@@ -768,9 +804,10 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     live = [containers[n].id for n in targets if n in containers]  # by id: never a namesake
     if live:
         _remove_containers(live)
-    images = {n: box.image for n, box in containers.items()}
-    images.update({n: rec.image for n, rec in records.items()})
-    _remove_folders(store, targets, images)
+    owners = {n: Owner(box.image, box.labels.get(docker.LABEL_USER, ""))
+              for n, box in containers.items()}
+    owners.update({n: Owner(rec.image, rec.user) for n, rec in records.items()})
+    _remove_folders(store, targets, owners)
     if any(n in records for n in targets):
         with store.transaction() as current:
             for name in targets:

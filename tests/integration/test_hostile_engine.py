@@ -20,9 +20,17 @@ import pytest
 from sandbox_cli import execute, hostkill
 from tests.conftest import BUSYBOX_IMAGE, Runner
 
+USER_LABEL = '{{index .Config.Labels "sandbox-cli.user"}}'
+
+
+def sandbox_user(ref: str) -> str:
+    """The uid:gid a sandbox's code runs as (each sandbox has its own), from its label."""
+    return subprocess.run(["docker", "inspect", "-f", USER_LABEL, ref], capture_output=True,
+                          text=True, check=True, timeout=30).stdout.strip()
+
+
 STORM_SH = "while :; do kill -STOP -1; done"  # busybox sh: its builtin kill, no fork a loop
 STORM_PY = "import os\nwhile True:\n    os.kill(-1, 19)\n"
-SANDBOX_USER = "65534:65534"  # whom the code runs as (sandbox._make_folder), root or not
 BOUND = 15.0  # "the timeout plus a few seconds", generous for a loaded 2-core machine
 
 
@@ -155,10 +163,11 @@ def test_purge_removes_a_wedged_container(box: str, sandbox: Runner,
                                           reaper: Callable[[str], str]) -> None:
     cid = reaper(box)
     # As the sandbox user, as the code runs (the main process is root, out of its reach).
-    subprocess.run(["docker", "exec", "-d", "--user", SANDBOX_USER, cid, "sh", "-c", STORM_SH],
+    user = sandbox_user(cid)
+    subprocess.run(["docker", "exec", "-d", "--user", user, cid, "sh", "-c", STORM_SH],
                    check=True,
                    capture_output=True, timeout=60)
-    frozen = subprocess.Popen(["docker", "exec", "--user", SANDBOX_USER, cid, "true"],
+    frozen = subprocess.Popen(["docker", "exec", "--user", user, cid, "true"],
                               stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

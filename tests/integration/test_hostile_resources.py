@@ -106,7 +106,8 @@ def test_stop_storm_cannot_stop_the_keep_alive(docker_engine: None, sandbox: Run
     name = "t-" + uuid.uuid4().hex[:10]
     sandbox("start", "--name", name, "--image", BUSYBOX_IMAGE, "--ttl", "4s", check=True)
     try:
-        subprocess.run(["docker", "exec", "-d", "--user", "65534:65534", name, "sh", "-c",
+        user = docker_inspect(name, '{{index .Config.Labels "sandbox-cli.user"}}')
+        subprocess.run(["docker", "exec", "-d", "--user", user, name, "sh", "-c",
                         "while :; do kill -STOP -1; done"], check=True, timeout=30)
         time.sleep(1)
         states = subprocess.run(["docker", "exec", "--user", "0:0", name, "sh", "-c",
