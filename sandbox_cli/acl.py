@@ -1,6 +1,6 @@
 """POSIX ACLs on a sandbox's folder, so that two users share it: you and the sandbox's own user.
 
-When you are not root, the code in the sandbox runs as a uid that is not yours (65534), so that
+When you are not root, the code in the sandbox runs as a uid that is not yours (its own), so that
 it cannot spend your per-user kernel quotas (inotify instances and watches, processes, pipe
 buffers, message queues). The folder then carries an access ACL letting that uid in, and a
 default ACL that every file and folder made in it inherits: you and the sandbox user both get
