@@ -359,6 +359,89 @@ def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
     )
 
 
+@app.command("copy-from")
+def copy_from(
+    name: NameArg,
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="gitignore-style glob, e.g. 'out/**'.")
+    ],
+    dest: Annotated[
+        str, typer.Argument(metavar="[DEST]", help="Host folder (made when missing).")
+    ] = ".",
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", metavar="PATTERN", help="Leave out files matching this glob. Repeatable."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files that exist in DEST.")
+    ] = False,
+    max_size: Annotated[
+        str, typer.Option("--max-size", metavar="SIZE", help="Skip files larger than this.")
+    ] = "1g",
+    max_total: Annotated[
+        str, typer.Option("--max-total", metavar="SIZE",
+                          help="Stop before copying more than this in all.")
+    ] = "4g",
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy files matching PATTERN under /app to host folder DEST, keeping their paths."""
+    from . import export
+    from .volume import parse_size
+
+    summary = export.copy_from(
+        _store(), name, [pattern], dest, exclude or [], force=force,
+        max_size=parse_size(max_size), max_total=parse_size(max_total),
+    )
+    if summary.unmatched and not summary.files and not summary.skipped.total():
+        raise InvalidInput(f"no files match {pattern!r} under /app")
+    if json_out:
+        ui.emit_json(summary.to_json())
+    else:
+        ui.info(export.summary_line(summary))
+
+
+@app.command("diff")
+def diff(
+    name: NameArg,
+    stat: Annotated[
+        bool, typer.Option("--stat", help="One line a changed file, then the totals.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the changed files as JSON.")
+    ] = False,
+) -> None:
+    """Show what changed under /app since copy-to, as a git patch (`| git apply` takes it)."""
+    from . import diffing
+
+    store = _store()
+    if stat or json_out:
+        result = diffing.diff(store, name, None)
+        if json_out:
+            ui.emit_json({"files": [c.to_json() for c in result.changes],
+                          "skipped": result.skipped.as_dict()})
+        else:
+            for line in diffing.stat_lines(result.changes):
+                ui.data(ui.printable(line))
+    else:
+        out = sys.stdout.buffer
+
+        def emit(lines: list[bytes]) -> None:
+            out.writelines(lines)
+
+        with ui.writing_stdout():
+            sys.stdout.flush()
+            result = diffing.diff(store, name, emit)
+            out.flush()
+    for note in result.notes:
+        ui.info(note)
+    if not result.recorded:
+        ui.warn(f"nothing was copied into {name} with copy-to: every file shows as added")
+    if result.skipped.total():
+        ui.info(f"not compared: {result.skipped.text()}")
+
+
 @app.command()
 def disconnect(name: NameArg, json_out: JsonOpt = False) -> None:
     """Detach a sandbox from every network; published ports stop answering."""
