@@ -538,6 +538,20 @@ def run(
             help="Copy files matching this glob into /app first. Repeatable.",
         ),
     ] = None,
+    copy_out: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--copy-out",
+            metavar="PATTERN",
+            help="After the command (whatever its exit code), copy files under /app matching "
+            "this glob to --copy-out-dest. Repeatable.",
+        ),
+    ] = None,
+    copy_out_dest: Annotated[
+        str,
+        typer.Option("--copy-out-dest", metavar="DIR",
+                     help="Host folder for --copy-out [default: the current directory]."),
+    ] = ".",
     timeout: TimeoutOpt = None,
     workdir: WorkdirOpt = None,
     tty: TtyOpt = None,
@@ -551,6 +565,7 @@ def run(
     from .selection import pattern
 
     patterns = [pattern(p) for p in copy or []]
+    out_patterns = [pattern(p) for p in copy_out or []]
     options = _resolve_start(
         image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk,
@@ -594,9 +609,28 @@ def run(
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
         ui.report_stop(outcome, seconds, record.name)
+        if out_patterns:  # before the purge; after a failure or a timeout too
+            code = _copy_out(store, record.name, out_patterns, copy_out_dest, code)
     finally:
         sandbox.discard(store, record, container_gone=finished)
     raise typer.Exit(code)
+
+
+def _copy_out(store: StateStore, name: str, patterns: list[str], dest: str, code: int) -> int:
+    """run --copy-out: copy-from NAME's /app; the exit code stays the command's, unless the
+    command succeeded and the copy failed (then the failure's own code)."""
+    from . import export
+    from .errors import SandboxError
+
+    try:
+        summary = export.copy_from(store, name, patterns, dest)
+    except SandboxError as exc:
+        ui.error(f"--copy-out: {exc.message}")
+        return code or exc.exit_code
+    for text in summary.unmatched:
+        ui.warn(f"--copy-out: no files match {text!r} under /app")
+    ui.info(export.summary_line(summary))
+    return code
 
 
 @app.command()
