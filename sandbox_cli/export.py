@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import tree, volume
 from .errors import InvalidInput, UnsafePath
@@ -195,6 +195,38 @@ def _exists(parent: int, name: str) -> bool:
         return False
 
 
+_RENAME_NOREPLACE = 1
+_renameat2: list[Any] = []  # [libc's renameat2 or None], looked up once
+
+
+def _rename_noreplace(parent: int, tmp: str, name: str) -> bool | None:
+    """renameat2(RENAME_NOREPLACE): one call where link + unlink take two. True when moved,
+    False when NAME exists, None when the kernel, libc or file system lacks it."""
+    if not _renameat2:
+        try:
+            import ctypes
+
+            func = ctypes.CDLL(None, use_errno=True).renameat2
+            func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                             ctypes.c_uint]
+            _renameat2.append(func)
+        except (OSError, AttributeError):
+            _renameat2.append(None)
+    func = _renameat2[0]
+    if func is None:
+        return None
+    if func(parent, os.fsencode(tmp), parent, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+        return True
+    import ctypes
+
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err))
+
+
 def _place(parent: int, tmp: str, name: str, force: bool) -> bool:
     """Move TMP to NAME; False (TMP removed) when NAME is there and not FORCE, or is a
     folder. Without FORCE, link(2) is the atomic 'create only if absent'."""
@@ -207,6 +239,11 @@ def _place(parent: int, tmp: str, name: str, force: bool) -> bool:
                 volume._unlink_quietly(parent, tmp)
                 return False
             raise
+    moved = _rename_noreplace(parent, tmp, name)
+    if moved is not None:
+        if not moved:
+            volume._unlink_quietly(parent, tmp)
+        return moved
     try:
         os.link(tmp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
     except FileExistsError:
