@@ -27,8 +27,8 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to disconnect purge ls build-repo run doctor
-              mcp)
+            commands=(start exec write read copy-to copy-from diff disconnect purge ls
+              build-repo run doctor mcp)
             flags=(--verbose -v --version --help -h)
             valued=()
             files=()
@@ -67,6 +67,18 @@ _sandbox_spec() {
             files=(--exclude)
             args=(sandbox file none)
             ;;
+        copy-from)
+            flags=(--exclude --force --max-size --max-total --json --help -h)
+            valued=(--exclude --max-size --max-total)
+            files=(--exclude)
+            args=(sandbox file none)
+            ;;
+        diff)
+            flags=(--stat --json --help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
         disconnect)
             flags=(--json --help -h)
             valued=()
@@ -94,9 +106,11 @@ _sandbox_spec() {
         run)
             flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
               --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime
-              --cap-add --copy --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
+              --cap-add --copy --copy-out --copy-out-dest --timeout --workdir -w --tty --no-tty
+              -t -T --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w)
+              --tmpfs-size --runtime --cap-add --copy --copy-out --copy-out-dest --timeout
+              --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;

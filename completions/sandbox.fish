@@ -82,6 +82,14 @@ function __sandbox_state
                     set valued --exclude
                     set files --exclude
                     set args sandbox file none
+                case copy-from
+                    set valued --exclude --max-size --max-total
+                    set files --exclude
+                    set args sandbox file none
+                case diff
+                    set valued
+                    set files
+                    set args sandbox
                 case disconnect
                     set valued
                     set files
@@ -100,8 +108,8 @@ function __sandbox_state
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --copy --timeout \
-                        --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --copy --copy-out \
+                        --copy-out-dest --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -166,6 +174,8 @@ complete -c sandbox -n '__sandbox_at subcommand' -a exec -d 'Run a command in a 
 complete -c sandbox -n '__sandbox_at subcommand' -a write -d 'Write TEXT (or stdin, binary-safe) to a file in the sandbox folder'
 complete -c sandbox -n '__sandbox_at subcommand' -a read -d 'Write a file\'s bytes from the sandbox folder to stdout'
 complete -c sandbox -n '__sandbox_at subcommand' -a copy-to -d 'Copy host files matching PATTERN (relative to the current directory) into the sandbox'
+complete -c sandbox -n '__sandbox_at subcommand' -a copy-from -d 'Copy files matching PATTERN under /app to host folder DEST, keeping their paths'
+complete -c sandbox -n '__sandbox_at subcommand' -a diff -d 'Show what changed under /app since copy-to, as a git patch (`| git apply` takes it)'
 complete -c sandbox -n '__sandbox_at subcommand' -a disconnect -d 'Detach a sandbox from every network; published ports stop answering'
 complete -c sandbox -n '__sandbox_at subcommand' -a purge -d 'Remove sandboxes: with names, those; with none, every one not started with --keep'
 complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped'
@@ -219,6 +229,19 @@ complete -c sandbox -n '__sandbox_options copy-to' -l no-ignore -d 'Do not honou
 complete -c sandbox -n '__sandbox_options copy-to' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options copy-to' -l help -s h -d 'Show this message and exit'
 
+# Options of `sandbox copy-from`.
+complete -c sandbox -n '__sandbox_options copy-from' -l exclude -r -d 'Leave out files matching this glob'
+complete -c sandbox -n '__sandbox_options copy-from' -l force -d 'Overwrite files that exist in DEST'
+complete -c sandbox -n '__sandbox_options copy-from' -l max-size -x -d 'Skip files larger than this'
+complete -c sandbox -n '__sandbox_options copy-from' -l max-total -x -d 'Stop before copying more than this in all'
+complete -c sandbox -n '__sandbox_options copy-from' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options copy-from' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox diff`.
+complete -c sandbox -n '__sandbox_options diff' -l stat -d 'One line a changed file, then the totals'
+complete -c sandbox -n '__sandbox_options diff' -l json -d 'Print the changed files as JSON'
+complete -c sandbox -n '__sandbox_options diff' -l help -s h -d 'Show this message and exit'
+
 # Options of `sandbox disconnect`.
 complete -c sandbox -n '__sandbox_options disconnect' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options disconnect' -l help -s h -d 'Show this message and exit'
@@ -255,6 +278,8 @@ complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the 
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
+complete -c sandbox -n '__sandbox_options run' -l copy-out -x -d 'After the command (whatever its exit code), copy files under /app matching this glob to --copy-out-dest'
+complete -c sandbox -n '__sandbox_options run' -l copy-out-dest -x -d 'Host folder for --copy-out [default: the current directory]'
 complete -c sandbox -n '__sandbox_options run' -l timeout -x -d 'Stop the command after SECONDS (or 30s, 5m); exit code 124'
 complete -c sandbox -n '__sandbox_options run' -l workdir -s w -x -d 'Working directory in the container [default: /app]'
 complete -c sandbox -n '__sandbox_options run' -l tty -l no-tty -s t -s T -d 'Allocate a terminal (stderr then merges into stdout), or never [default: only when stdin, stdout and stderr are all terminals]'

@@ -337,6 +337,89 @@ def _report_copy(summary: sandbox.CopySummary, json_out: bool) -> None:
     )
 
 
+@app.command("copy-from")
+def copy_from(
+    name: NameArg,
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="gitignore-style glob, e.g. 'out/**'.")
+    ],
+    dest: Annotated[
+        str, typer.Argument(metavar="[DEST]", help="Host folder (made when missing).")
+    ] = ".",
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", metavar="PATTERN", help="Leave out files matching this glob. Repeatable."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files that exist in DEST.")
+    ] = False,
+    max_size: Annotated[
+        str, typer.Option("--max-size", metavar="SIZE", help="Skip files larger than this.")
+    ] = "1g",
+    max_total: Annotated[
+        str, typer.Option("--max-total", metavar="SIZE",
+                          help="Stop before copying more than this in all.")
+    ] = "4g",
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy files matching PATTERN under /app to host folder DEST, keeping their paths."""
+    from . import export
+    from .volume import parse_size
+
+    summary = export.copy_from(
+        _store(), name, [pattern], dest, exclude or [], force=force,
+        max_size=parse_size(max_size), max_total=parse_size(max_total),
+    )
+    if summary.unmatched and not summary.files and not summary.skipped.total():
+        raise InvalidInput(f"no files match {pattern!r} under /app")
+    if json_out:
+        ui.emit_json(summary.to_json())
+    else:
+        ui.info(export.summary_line(summary))
+
+
+@app.command("diff")
+def diff(
+    name: NameArg,
+    stat: Annotated[
+        bool, typer.Option("--stat", help="One line a changed file, then the totals.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the changed files as JSON.")
+    ] = False,
+) -> None:
+    """Show what changed under /app since copy-to, as a git patch (`| git apply` takes it)."""
+    from . import diffing
+
+    store = _store()
+    if stat or json_out:
+        result = diffing.diff(store, name, None)
+        if json_out:
+            ui.emit_json({"files": [c.to_json() for c in result.changes],
+                          "skipped": result.skipped.as_dict()})
+        else:
+            for line in diffing.stat_lines(result.changes):
+                ui.data(ui.printable(line))
+    else:
+        out = sys.stdout.buffer
+
+        def emit(lines: list[bytes]) -> None:
+            out.writelines(lines)
+
+        with ui.writing_stdout():
+            sys.stdout.flush()
+            result = diffing.diff(store, name, emit)
+            out.flush()
+    for note in result.notes:
+        ui.info(note)
+    if not result.recorded:
+        ui.warn(f"nothing was copied into {name} with copy-to: every file shows as added")
+    if result.skipped.total():
+        ui.info(f"not compared: {result.skipped.text()}")
+
+
 @app.command()
 def disconnect(name: NameArg, json_out: JsonOpt = False) -> None:
     """Detach a sandbox from every network; published ports stop answering."""
@@ -433,6 +516,20 @@ def run(
             help="Copy files matching this glob into /app first. Repeatable.",
         ),
     ] = None,
+    copy_out: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--copy-out",
+            metavar="PATTERN",
+            help="After the command (whatever its exit code), copy files under /app matching "
+            "this glob to --copy-out-dest. Repeatable.",
+        ),
+    ] = None,
+    copy_out_dest: Annotated[
+        str,
+        typer.Option("--copy-out-dest", metavar="DIR",
+                     help="Host folder for --copy-out [default: the current directory]."),
+    ] = ".",
     timeout: TimeoutOpt = None,
     workdir: WorkdirOpt = None,
     tty: TtyOpt = None,
@@ -446,6 +543,7 @@ def run(
     from .selection import pattern
 
     patterns = [pattern(p) for p in copy or []]
+    out_patterns = [pattern(p) for p in copy_out or []]
     options = _resolve_start(
         image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk,
@@ -458,11 +556,31 @@ def run(
     result = core.run_once(_store(), options, command, name=name, patterns=patterns,
                            workdir=directory, timeout=seconds, stdin=forward, tty=use_tty,
                            captured=json_out, progress=ui.info, report=ui.info,
-                           copied=lambda summary: _report_copy(summary, False))
+                           copied=lambda summary: _report_copy(summary, False),
+                           after=(lambda box, code: _copy_out(_store(), box, out_patterns,
+                                                              copy_out_dest, code))
+                           if out_patterns else None)
     if isinstance(result.outcome, execute.ExecResult):
         ui.emit_json(result.outcome.to_json())
     ui.report_stop(result.outcome, seconds, result.name)
     raise typer.Exit(result.exit_code)
+
+
+def _copy_out(store: StateStore, name: str, patterns: list[str], dest: str, code: int) -> int:
+    """run --copy-out: copy-from NAME's /app; the exit code stays the command's, unless the
+    command succeeded and the copy failed (then the failure's own code)."""
+    from . import export
+    from .errors import SandboxError
+
+    try:
+        summary = export.copy_from(store, name, patterns, dest)
+    except SandboxError as exc:
+        ui.error(f"--copy-out: {exc.message}")
+        return code or exc.exit_code
+    for text in summary.unmatched:
+        ui.warn(f"--copy-out: no files match {text!r} under /app")
+    ui.info(export.summary_line(summary))
+    return code
 
 
 @app.command()

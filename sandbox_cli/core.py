@@ -88,10 +88,13 @@ class RunResult:
 
     name: str
     outcome: execute.Outcome | execute.ExecResult
+    code: int | None = None  # what an AFTER step (run_once) made of the command's code
 
     @property
     def exit_code(self) -> int:
-        """The command's exit code (124 on timeout)."""
+        """The command's exit code (124 on timeout), or what the AFTER step made of it."""
+        if self.code is not None:
+            return self.code
         out = self.outcome
         return out.exit_code if isinstance(out, execute.ExecResult) else out.code
 
@@ -101,11 +104,14 @@ def run_once(store: StateStore, options: StartOptions, command: Sequence[str], *
              workdir: str | None = None, timeout: float | None = None,
              stdin: bool = False, tty: bool = False, captured: bool = False,
              progress: Talk | None = None, report: Talk | None = None,
-             copied: Callable[[sandbox.CopySummary], None] | None = None) -> RunResult:
+             copied: Callable[[sandbox.CopySummary], None] | None = None,
+             after: Callable[[str, int], int] | None = None) -> RunResult:
     """`run`: a one-shot sandbox whose main process is COMMAND (sandbox.create_one_shot),
     PATTERNS copied in first (COPIED hears the summary), started attached (STDIN: ours is
     forwarded), streamed to our stdout/stderr or CAPTURED, stopped at TIMEOUT, and always
-    discarded, also on failure or signal."""
+    discarded, also on failure or signal. AFTER(name, code), when given, runs once the command
+    has ended (timed out too) and before the discard, and returns the exit code to report
+    (run --copy-out)."""
     if captured and tty:
         raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
     record = sandbox.create_one_shot(store, options, command, name=name, workdir=workdir,
@@ -138,6 +144,9 @@ def run_once(store: StateStore, options: StartOptions, command: Sequence[str], *
                 record.container_id, began, options.memory)
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
+        result = RunResult(record.name, outcome)
+        if after is not None:
+            result.code = after(record.name, result.exit_code)
     finally:
         sandbox.discard(store, record, container_gone=finished)
-    return RunResult(record.name, outcome)
+    return result

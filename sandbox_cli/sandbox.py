@@ -227,6 +227,9 @@ def _remove_folders(store: StateStore, names: Iterable[str],
                     raise UnsafePath(f"cannot remove {store.volume_path(name)}: {exc.strerror} "
                                      f"even after unlocking it; as root: rm -rf "
                                      f"{store.volume_path(name)}") from None
+            from .manifest import remove as remove_manifest  # copy-to's record, for diff
+
+            remove_manifest(store, name)
     finally:
         os.close(parent)
 
@@ -576,19 +579,29 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
     if progress:
         progress.begin(len(selection.files))
     total = 0
+    from .manifest import Recorder, Tap  # what `sandbox diff` compares with
+
+    recorder = Recorder(store, record)
     with volume.opened_root(store.volumes_dir, name) as root_fd, \
             volume.DirWalker(root_fd, file_owner(record)) as walker:
-        for rel in selection.files:
-            src = os.open(os.path.join(root, *rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                info = os.fstat(src)
-                size = info.st_size
-                volume.copy_file_in(walker, dest_parts + rel, src, size, info.st_mode)
-            finally:
-                os.close(src)
-            total += size
-            if progress:
-                progress.advance(size)
+        try:
+            for rel in selection.files:
+                src = os.open(os.path.join(root, *rel),
+                              os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    info = os.fstat(src)
+                    size = info.st_size
+                    tap = Tap()
+                    placed = volume.copy_file_in(walker, dest_parts + rel, src, size,
+                                                 info.st_mode, tap=tap)
+                    recorder.add(dest_parts + rel, tap, placed, info.st_mode)
+                finally:
+                    os.close(src)
+                total += size
+                if progress:
+                    progress.advance(size)
+        finally:
+            recorder.save()  # what was copied before a failure is recorded too
     return CopySummary(len(selection.files), total, "/app/" + "/".join(dest_parts),
                        selection.skipped_links)
 

@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -165,6 +165,7 @@ class DirWalker:
     """
 
     CACHE_SIZE = 32
+    dir_mode = DIR_MODE  # of the folders it creates (copy-from's host side: 0o755)
 
     def __init__(self, root_fd: int, owner: tuple[int, int] | None = None) -> None:
         self.root_fd = root_fd
@@ -193,7 +194,7 @@ class DirWalker:
         name = parts[-1]
         if create:
             try:
-                os.mkdir(name, DIR_MODE, dir_fd=parent)
+                os.mkdir(name, self.dir_mode, dir_fd=parent)
                 if self.owner is not None:
                     os.chown(name, *self.owner, dir_fd=parent, follow_symlinks=False)
             except FileExistsError:
@@ -381,11 +382,14 @@ def write_from(root_fd: int, parts: tuple[str, ...], source: BinaryIO | bytes,
 
 
 def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, size: int,
-                 mode: int | None = None) -> None:
+                 mode: int | None = None,
+                 tap: Callable[[bytes], None] | None = None) -> os.stat_result | None:
     """Copy an open host file into the sandbox at DEST_PARTS (parents created).
 
     MODE is the source's st_mode: its permission bits, as shared_mode gives them, go to
     the copy (so an executable stays executable); without it the copy is a plain 0o644 file.
+    TAP, when given, sees every byte written (copy-to's manifest hashes them: what it records
+    is what was copied); the lstat of the file in place is then returned.
     """
     _check_length(dest_parts)
     shown = _show(dest_parts)
@@ -393,15 +397,40 @@ def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, si
         parent = walker.dir_fd(dest_parts[:-1], create=True)
         fd, tmp = _new_temp(parent, walker.owner)
         try:
-            _copy_range(src_fd, fd, size)
+            if tap is None:
+                _copy_range(src_fd, fd, size)
+            else:
+                _copy_tapped(src_fd, fd, size, tap)
             if mode is not None:  # after any fchown (which would clear set-id bits anyway)
                 os.fchmod(fd, shared_mode(mode))
+            ino = os.fstat(fd).st_ino
         except BaseException:
             os.close(fd)
             _unlink_quietly(parent, tmp)
             raise
         os.close(fd)
         _commit(parent, tmp, dest_parts[-1], shown)
+        if tap is None:
+            return None
+        try:  # after the rename, which changes the ctime a later diff compares
+            placed = os.stat(dest_parts[-1], dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            return None
+        return placed if placed.st_ino == ino else None
+
+
+def _copy_tapped(src: int, dst: int, size: int, tap: Callable[[bytes], None]) -> None:
+    """Copy SIZE bytes (fewer if SRC shrinks) through user space, showing each chunk to TAP."""
+    done = 0
+    while done < size:
+        chunk = os.read(src, min(CHUNK, size - done))
+        if not chunk:
+            break
+        tap(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+        done += len(chunk)
 
 
 def shared_mode(mode: int) -> int:
