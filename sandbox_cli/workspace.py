@@ -337,6 +337,7 @@ def root_tar(uid: int) -> bytes:
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(".")
         info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, uid
+        info.mtime = int(time.time())
         tar.addfile(info)
     return out.getvalue()
 
