@@ -37,9 +37,9 @@ _sandbox_spec() {
         start)
             flags=(--name --image --network --no-network --port -p --env -e --keep --no-keep
               --ttl --memory --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size
-              --runtime --cap-add --json --help -h)
+              --runtime --cap-add --storage --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add)
+              --tmpfs-size --runtime --cap-add --storage)
             files=()
             args=()
             ;;
@@ -106,11 +106,11 @@ _sandbox_spec() {
         run)
             flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
               --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime
-              --cap-add --copy --copy-out --copy-out-dest --timeout --workdir -w --tty --no-tty
-              -t -T --json --help -h)
+              --cap-add --storage --copy --copy-out --copy-out-dest --timeout --workdir -w --tty
+              --no-tty -t -T --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add --copy --copy-out --copy-out-dest --timeout
-              --workdir -w)
+              --tmpfs-size --runtime --cap-add --storage --copy --copy-out --copy-out-dest
+              --timeout --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;

@@ -63,7 +63,7 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage
                     set files
                     set args
                 case exec
@@ -108,8 +108,8 @@ function __sandbox_state
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --copy --copy-out \
-                        --copy-out-dest --timeout --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage --copy \
+                        --copy-out --copy-out-dest --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -205,6 +205,7 @@ complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -
 complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options start' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this message and exit'
 
@@ -277,6 +278,7 @@ complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 
 complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options run' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l copy-out -x -d 'After the command (whatever its exit code), copy files under /app matching this glob to --copy-out-dest'
 complete -c sandbox -n '__sandbox_options run' -l copy-out-dest -x -d 'Host folder for --copy-out [default: the current directory]'

@@ -108,6 +108,12 @@ CapAddOpt = Annotated[
         help="Give back a Linux capability (all are dropped). Repeatable.",
     ),
 ]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", metavar="KIND",
+                 help="Where /app lives: auto (a host folder when the engine sees this "
+                 "host's files, else an engine volume), bind or volume [default: auto]."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 TimeoutOpt = Annotated[
     str | None,
@@ -152,6 +158,7 @@ def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
         "image": record.image,
         "status": "running",
         "volume": store.workspace_path(record),
+        "storage": (record.workspace or {}).get("kind", "bind"),
         "network": record.network,
         "ports": record.ports,
         "keep": record.keep,
@@ -175,12 +182,14 @@ def _resolve_start(
     cap_add: list[str] | None,
     tmpfs_size: str | None = None,
     disk: str | None = None,
+    storage: str | None = None,
 ) -> config.StartOptions:
     flags: dict[str, Any] = {  # None: not given; core.resolve_start checks every given value
         "image": image, "network": network, "ports": port or None,
         "env": core.env_pairs(env) if env else None, "keep": keep, "ttl": ttl,
         "memory": memory, "cpus": cpus, "pids": pids, "read_only": read_only,
         "runtime": runtime, "cap_add": cap_add or None, "tmpfs_size": tmpfs_size, "disk": disk,
+        "storage": storage,
     }
     return core.resolve_start(flags, warn=ui.warn)
 
@@ -202,12 +211,13 @@ def start(
     tmpfs_size: TmpfsSizeOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
+    storage: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
     options = _resolve_start(
         image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add,
-        tmpfs_size, disk,
+        tmpfs_size, disk, storage,
     )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info, report=ui.info)
@@ -508,6 +518,7 @@ def run(
     tmpfs_size: TmpfsSizeOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
+    storage: StorageOpt = None,
     copy: Annotated[
         list[str] | None,
         typer.Option(
@@ -546,7 +557,7 @@ def run(
     out_patterns = [pattern(p) for p in copy_out or []]
     options = _resolve_start(
         image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
-        cap_add, tmpfs_size, disk,
+        cap_add, tmpfs_size, disk, storage,
     )
     if json_out and tty:
         raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")

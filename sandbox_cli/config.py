@@ -40,6 +40,14 @@ class StartOptions:
     disk: str = "1g"
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
+    storage: str = "auto"  # where /app lives: auto, bind (a host folder), volume (the engine's)
+
+
+def _as_storage(value: Any) -> str:
+    text = _as_str(value).lower()
+    if text not in ("auto", "bind", "volume"):
+        raise ValueError("expected auto, bind or volume")
+    return text
 
 
 def _as_bool(value: Any) -> bool:
@@ -114,6 +122,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "disk": lambda v: validate.disk(_as_str(v)),
     "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
     "cap_add": lambda v: [validate.capability(c) for c in _as_str_list(v)],
+    "storage": _as_storage,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
 

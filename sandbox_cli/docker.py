@@ -102,6 +102,7 @@ class RunSpec:
     tmpfs_size: str = "256m"
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
+    storage: str = "bind"  # VOLUME is a host folder to bind, or (volume) an engine volume
 
 
 def run_argv(spec: RunSpec) -> list[str]:
@@ -183,7 +184,8 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         "--no-healthcheck",  # an image's HEALTHCHECK would run on the host's CPU, unbounded
         "--log-driver", "none",  # nobody reads it; json-file costs the host a CPU under a flood
         *(["--env", "HOME=/tmp"] if spec.default_home else []),  # the user's uid has no home
-        "--mount", _bind_mount(spec.volume, WORKDIR),
+        "--mount", _volume_mount(spec.volume, WORKDIR) if spec.storage == "volume"
+        else _bind_mount(spec.volume, WORKDIR),
         "--workdir", WORKDIR,
     ]
     for cap in spec.cap_add:
@@ -210,6 +212,22 @@ def _bind_mount(source: str, target: str) -> str:
     if "," in field or '"' in field:
         field = '"' + field.replace('"', '""') + '"'
     return f"type=bind,{field},target={target}"
+
+
+def _volume_mount(name: str, target: str) -> str:
+    """A --mount value of engine volume NAME (a name we made: no comma or quote)."""
+    return f"type=volume,source={name},target={target}"
+
+
+def volume_create_argv(name: str, labels: Mapping[str, str]) -> list[str]:
+    """`docker volume create` of NAME, labelled like the sandbox's container."""
+    flags = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+    return [docker_binary(), "volume", "create", *flags, name]
+
+
+def volume_remove_argv(names: Sequence[str]) -> list[str]:
+    """`docker volume rm -f` of engine volumes."""
+    return [docker_binary(), "volume", "rm", "-f", *names]
 
 
 def exec_argv(name: str, command: Sequence[str], *, marker: str, user: str | None = None,
@@ -320,15 +338,13 @@ LISTED_LABELS = (LABEL_MANAGED, LABEL_HOME, LABEL_NAME, LABEL_KEEP, LABEL_EXPIRE
 
 
 def rows_argv(home_label: str) -> list[str]:
-    """`docker ps -a` of this home's containers, one JSON object a line, each label read by
-    its key (`.Label "KEY"`): exact values, however many commas a hostile image's labels hold,
-    and no container lock taken (inspect waits on a container its code wedged; ps does not)."""
-    fields = ", ".join([
-        '"id": {{json .ID}}', '"names": {{json .Names}}', '"state": {{json .State}}',
-        '"image": {{json .Image}}', '"created": {{json .CreatedAt}}', '"ports": {{json .Ports}}',
-        *(f'"{key}": {{{{json (.Label "{key}")}}}}' for key in LISTED_LABELS)])
-    return [docker_binary(), "ps", "-a", "--no-trunc", *_home_filters(home_label),
-            "--format", "{" + fields + "}"]
+    """`docker ps -a` of this home's containers, each label read by its key: exact values,
+    however many commas a hostile image's labels hold, and no container lock taken (inspect
+    waits on a container its code wedged; ps does not). The shape is the engine's
+    (engine.Engine.rows_argv; parse it with its parse_rows)."""
+    from . import engine
+
+    return engine.current().rows_argv(_home_filters(home_label), LISTED_LABELS)
 
 
 def _home_filters(home_label: str) -> list[str]:
@@ -422,6 +438,7 @@ _UNREACHABLE = (
     "error during connect", "failed to initialize", "unable to resolve docker endpoint",
     "dial unix", "dial tcp", "connection refused", "no such host", "i/o timeout",
     "connection reset by peer", "context not found",
+    "unable to connect to podman socket", "cannot connect to podman",
 )
 _DAEMON_AT = re.compile(r"docker daemon at (\S+?)\.?(?:\s|$)", re.IGNORECASE)
 
@@ -448,23 +465,26 @@ def unreachable(text: str) -> DockerUnavailable | None:
 
 
 def classify_failure(argv: Sequence[str], returncode: int, stderr: str) -> SandboxError:
-    """Choose the error class for a failed docker command from its stderr."""
+    """Choose the error class for a failed docker (or podman) command from its stderr; the
+    message quotes the line that says what failed (engine.error_line: podman warns first)."""
+    from . import engine
+
     text = stderr.strip()
     low = text.lower()
-    first = next((line for line in text.splitlines() if line.strip()), f"exit code {returncode}")
+    first = engine.error_line(text) or f"exit code {returncode}"
     first = first.removeprefix("docker: ").removeprefix("Error response from daemon: ")
+    first = first.removeprefix("Error: ")
     cut = unreachable(text)
     if cut is not None:
         return cut
-    if "no such container" in low or "is not running" in low:
+    if any(needle in low for needle in engine.NOT_FOUND):
         return SandboxNotFound(f"container not found or not running: {first}")
-    if "is already in use by container" in low:
+    if any(needle in low for needle in engine.NAME_IN_USE):
         return NameInUse(f"name already in use by another container: {first}")
-    if ("no such image" in low or "unable to find image" in low or "pull access denied" in low
-            or "manifest unknown" in low or "repository does not exist" in low
-            or "not found: manifest" in low):
+    if any(needle in low for needle in engine.IMAGE_MISSING):
         return ImageError(f"image not available: {first}")
-    if "unknown or invalid runtime" in low or "unknown runtime" in low:
+    if ("unknown or invalid runtime" in low or "unknown runtime" in low
+            or ("oci runtime" in low and "not found" in low)):
         return DockerError(f"runtime not available: {first}", list(argv), returncode, text)
     return DockerError(f"docker {argv[1] if len(argv) > 1 else ''} failed: {first}",
                        list(argv), returncode, text)
@@ -483,7 +503,8 @@ DEADLINE_PROBE = 5.0  # is the daemon there at all? (after another call's deadli
 _DEADLINES = {"inspect": DEADLINE_QUERY, "ps": DEADLINE_QUERY, "version": DEADLINE_QUERY,
               "info": DEADLINE_QUERY, "image": DEADLINE_QUERY, "network": DEADLINE_CHANGE,
               "kill": DEADLINE_CHANGE, "rm": DEADLINE_REMOVE, "run": DEADLINE_CREATE,
-              "create": DEADLINE_CREATE, "exec": DEADLINE_KILL_EXEC, "pull": DEADLINE_PULL,
+              "create": DEADLINE_CREATE, "exec": DEADLINE_KILL_EXEC,
+              "volume": DEADLINE_CHANGE, "pull": DEADLINE_PULL,
               "build": DEADLINE_BUILD}
 
 

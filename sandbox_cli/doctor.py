@@ -7,7 +7,7 @@ import os
 import shutil
 from typing import Any
 
-from . import config, docker
+from . import config, docker, engine
 from .errors import DockerUnavailable, SandboxError
 from .state import StateStore
 
@@ -27,12 +27,14 @@ def run_checks(store: StateStore) -> list[dict[str, Any]]:
     if found is None:
         return [*checks, _state_check(store)]
     server: dict[str, Any] = {}
+    version: dict[str, Any] = {}
     try:
         version = json.loads(docker.run_docker(docker.version_argv()).stdout or "{}")
         server = version.get("Server") or {}
         client = version.get("Client") or {}
-        detail = (f"engine {server.get('Version', '?')}, API {server.get('ApiVersion', '?')}"
-                  f" (client API {client.get('ApiVersion', '?')})")
+        detail = (f"engine {server.get('Version') or client.get('Version', '?')}, API "
+                  f"{server.get('ApiVersion') or client.get('APIVersion', '?')}"
+                  f" (client API {client.get('ApiVersion') or client.get('APIVersion', '?')})")
         checks.append(_check("docker daemon", True, detail))
     except (SandboxError, ValueError) as exc:
         # The reason alone: doctor must not tell you to run doctor.
@@ -43,16 +45,12 @@ def run_checks(store: StateStore) -> list[dict[str, Any]]:
                              "start it (`sudo systemctl start docker`, or `dockerd &`), check "
                              "DOCKER_HOST, and make sure your user may use it (docker group)"))
         return [*checks, _state_check(store)]
-    try:
-        info = json.loads(docker.run_docker(docker.info_argv()).stdout or "{}")
-        runtimes = sorted((info.get("Runtimes") or {}).keys())
-    except (SandboxError, ValueError):
-        runtimes = []
-    has_gvisor = "runsc" in runtimes
-    checks.append(_check("runtimes", True,
-                         ", ".join(runtimes) + ("" if has_gvisor else
-                                                " (runsc/gVisor not installed: optional, "
-                                                "adds a kernel boundary via --runtime runsc)")))
+    eng = engine.current()
+    checks.append(_engine_check(eng, server, version))
+    image = os.environ.get("SANDBOX_IMAGE") or config.DEFAULT_IMAGE
+    probe_image = _any_image(image)
+    checks.append(_runtimes_check(eng, probe_image))
+    checks.append(_storage_check(eng, probe_image))
     image = os.environ.get("SANDBOX_IMAGE") or config.DEFAULT_IMAGE
     present = docker.run_docker(docker.image_inspect_argv(image), check=False).returncode == 0
     checks.append(_check("default image", present,
@@ -90,3 +88,72 @@ def _state_check(store: StateStore) -> dict[str, Any]:
     except SandboxError as exc:  # not ours, or a link: refused before anything is written
         return _check("state folder", False, exc.message,
                       "set SANDBOX_HOME to a folder of your own")
+
+
+def _engine_check(eng: engine.Engine, server: dict[str, Any],
+                  version: dict[str, Any]) -> dict[str, Any]:
+    """Docker or Podman, its version, local or remote, and where DOCKER_HOST/context point."""
+    client = version.get("Client") or {}
+    number = server.get("Version") or client.get("Version") or "?"
+    where = [eng.where]
+    if os.environ.get("DOCKER_HOST"):
+        where.append(f"DOCKER_HOST={os.environ['DOCKER_HOST']}")
+    if eng.context:
+        where.append(f"context {eng.context}")
+    kind = "Podman" if eng.podman else "Docker"
+    return _check("engine", True, f"{kind} {number}, {', '.join(dict.fromkeys(where))}")
+
+
+def _any_image(preferred: str) -> str:
+    """PREFERRED when present, else any image the engine has ('' when none): the probes
+    below create containers and never pull."""
+    if docker.run_docker(docker.image_inspect_argv(preferred), check=False).returncode == 0:
+        return preferred
+    argv = [docker.docker_binary(), "images", "--format", "{{.Repository}}:{{.Tag}}"]
+    listed = docker.run_docker(argv, check=False).stdout.split()
+    return next((ref for ref in listed if not ref.endswith(":<none>")), "")
+
+
+def _runtimes_check(eng: engine.Engine, image: str) -> dict[str, Any]:
+    """The runtimes on offer, and whether gVisor's runsc runs a container here."""
+    if eng.podman:
+        return _check("runtimes", True, "none listed (Podman runs the one OCI runtime of "
+                      "its containers.conf; --runtime names another installed one)")
+    runtimes = sorted(eng.runtimes())
+    if "runsc" not in runtimes:
+        return _check("runtimes", True, ", ".join(runtimes) + " (runsc/gVisor not installed: "
+                      "optional, adds a kernel boundary via --runtime runsc)")
+    if not image:
+        return _check("runtimes", True, ", ".join(runtimes) + " (runsc not tried: no image)")
+    argv = [docker.docker_binary(), "run", "--rm", "--pull", "never", "--runtime", "runsc",
+            "--network", "none", "--entrypoint", "true", image]
+    proc = docker.run_docker(argv, check=False, timeout=60)
+    usable = "runsc usable" if proc.returncode == 0 else (
+        f"runsc NOT usable: {engine.error_line(proc.stderr)}")
+    return _check("runtimes", True, f"{', '.join(runtimes)} ({usable})")
+
+
+def _storage_check(eng: engine.Engine, image: str) -> dict[str, Any]:
+    """Does the engine see this host's files (a bind of a fresh folder is accepted)? That is
+    what `storage: auto` decides at each start."""
+    import tempfile
+
+    if not image:
+        return _check("storage", True, "auto decides at start (no image to probe with)")
+    folder = tempfile.mkdtemp(prefix="sandbox-doctor-")
+    argv = [docker.docker_binary(), "create", "--pull", "never", "--network", "none",
+            "--mount", f"type=bind,source={folder},target=/probe", "--entrypoint", "true",
+            image]
+    try:
+        proc = docker.run_docker(argv, check=False)
+    finally:
+        os.rmdir(folder)
+    if proc.returncode == 0:
+        docker.run_docker(docker.remove_argv([proc.stdout.strip()]), check=False)
+        return _check("storage", True, "auto picks bind: the engine sees this host's files "
+                      "(/app is a host folder)")
+    if engine.bind_refused(proc.stderr):
+        return _check("storage", True, "auto picks volume: the engine cannot see this "
+                      "host's files (/app is an engine volume, reached through docker cp)")
+    return _check("storage", True, f"auto decides at start (probe failed: "
+                  f"{engine.error_line(proc.stderr)})")

@@ -97,14 +97,17 @@ def stdin_mode(tty: bool | None = None) -> tuple[bool, bool]:
     return forward, tty
 
 
-def kill_in_container(name: str, tag: ExecTag, user: str | None = None) -> bool:
+def kill_in_container(name: str, tag: ExecTag, user: str | None = None,
+                      host_kill: bool = True) -> bool:
     """End every process the exec tagged TAG started, and every process that began after it
     did; True when that is done. From the host first, through the container's cgroup, where
     this host runs the container and may signal it (nothing in the container can stop that);
     else by a helper exec inside, within a deadline; and if the container fights that helper
     (it stops its own uid's processes), by killing the container: nothing it started lives
-    on. Every step is bounded, so a timeout returns within seconds whatever the command does."""
-    if os.environ.get("SANDBOX_KILL_FROM_HOST", "1") != "0":
+    on. Every step is bounded, so a timeout returns within seconds whatever the command does.
+    HOST_KILL false (engine.Engine.host_kill: a remote engine, Podman, gVisor) skips the
+    host: its clock and processes are not the container's."""
+    if host_kill and os.environ.get("SANDBOX_KILL_FROM_HOST", "1") != "0":
         from . import hostkill
 
         if hostkill.end_exec(name, tag.marker, tag.since_ticks):
@@ -397,6 +400,7 @@ class _Target(NamedTuple):
     ref: str
     user: str | None
     memory: str
+    host_kill: bool  # may the host end its processes (engine.Engine.host_kill)
 
 
 def _target(store: StateStore, name: str, command: Sequence[str]) -> _Target:
@@ -404,11 +408,15 @@ def _target(store: StateStore, name: str, command: Sequence[str]) -> _Target:
     the same name from another home is never entered."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
+    # By id, not name: a container of the same name from another home is never entered.
+    from . import engine
     from .sandbox import container_ref, require
 
-    record = require(store, name)
+    record = require(store, name)  # also points our docker calls at the recorded engine
+    runtime = record.options.get("runtime")
+    host_kill = engine.current().host_kill(runtime if isinstance(runtime, str) else None)
     user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
-    return _Target(container_ref(record), user, str(record.options.get("memory", "")))
+    return _Target(container_ref(record), user, str(record.options.get("memory", "")), host_kill)
 
 
 INHERIT = None  # stdin of _exec: the CLI's own (forwarded when piped), decided by stdin_mode
@@ -439,7 +447,8 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
         # With a tty, docker's line shares the terminal with the command's: nothing to move.
         intercept = None if use_tty else (1, OCI_MARKER)
         outcome = run(argv, stdin=forward, timeout=timeout,
-                      stop=lambda: kill_in_container(target.ref, tag, target.user),
+                      stop=lambda: kill_in_container(target.ref, tag, target.user,
+                                                     target.host_kill),
                       intercept=intercept, command=command, **extra)
     return finish_report(outcome, target.ref, began, target.memory,
                          check=lambda: _require_running(target.ref, name))
@@ -450,7 +459,10 @@ def finish_report(outcome: Result, target: str, began: float, memory: str,
     """After an exec or run: tell a dead or unreachable sandbox from a failed command (CHECK),
     and learn whether a 137 was the OOM killer."""
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
-    if check is not None and code in _DOCKER_EXEC_FAILURES and not outcome.not_started:
+    from . import engine
+
+    if (check is not None and code in engine.current().exec_failures()
+            and not outcome.not_started):
         check()
     if code == 137 and not outcome.timed_out and oom_killed(target, began):
         if isinstance(outcome, ExecResult):
@@ -458,10 +470,6 @@ def finish_report(outcome: Result, target: str, began: float, memory: str,
             return outcome
         return outcome._replace(oom_killed=True, memory=memory)
     return outcome
-
-
-# Codes with which `docker exec` reports its own failures (as well as a command's).
-_DOCKER_EXEC_FAILURES = (1, 125, 126, 127)
 
 
 def _require_running(target: str, name: str) -> None:

@@ -10,11 +10,12 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
-from . import acl, disk, docker, validate, volume
+from . import acl, disk, docker, engine, validate, volume
 from .errors import (
     DockerError,
     ImageError,
@@ -26,6 +27,7 @@ from .errors import (
 )
 from .state import SandboxRecord, StateStore, iso_after, now_iso, parse_iso
 from .ui import human_bytes
+from .workspace import BIND, VOLUME, EngineVolume, HostFolder, Workspace, volume_name
 
 if TYPE_CHECKING:  # an annotation only: exec, read and write need not import config
     from .config import StartOptions
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # an annotation only: exec, read and write need not import co
 # subordinate-uid blocks stay below, and small enough for tar's octal uid field (docker cp).
 SANDBOX_UID_BASE = 1_100_000
 SANDBOX_UID_SPAN = 900_000
+OLD_DEFAULT_USER = (65534, 65534)  # records of older versions that name no valid user
 
 
 def new_sandbox_user() -> tuple[int, int]:
@@ -137,6 +140,7 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
     for name in claimed:
         tally = volume.Tally()
         try:
+            _remove_volumes(store, [expired[name]])
             _remove_folders(store, [name], {name: Owner(expired[name].image, expired[name].user)},
                             tally)
         except (OSError, SandboxError) as exc:
@@ -283,6 +287,7 @@ def require(store: StateStore, name: str, *, expired_ok: bool = False) -> Sandbo
             f"sandbox {name!r} expired at {record.expires_at}: its container is gone; "
             f"`sandbox read {name} PATH` gets its files until {files_until(record)}, "
             f"`sandbox purge {name}` removes them")
+    engine.use(record.options)  # the engine it was started on, whatever the environment says
     return record
 
 
@@ -331,20 +336,52 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     store.ensure_dirs()
     if store.get(name) is not None:
         raise NameInUse(f"a sandbox named {name!r} already exists")
-    folder = store.volume_path(name)
-    uid, gid = _make_folder(store, name, options.disk, report)
+    eng = engine.current()
+    storage = options.storage if options.storage != "auto" else BIND if eng.local else VOLUME
+    if storage == BIND:
+        uid, gid = _make_folder(store, name, options.disk, report)
+        source = store.volume_path(name)
+    else:  # the folder stays empty: it only claims the name, as for a bind
+        _claim_name(store, name)
+        uid, gid = new_sandbox_user()
+        source = volume_name(store.label, name)
     if not options.read_only and report:
         report(f"warning: {UNCAPPED_ROOT}")
+    if options.ports and (storage == VOLUME or not eng.local) and report:
+        report("note: on a remote engine, ports bind the loopback of the engine's host, not "
+               "this one: publish 0.0.0.0:PORT:PORT (docker:dind) or forward with ssh -L "
+               "(README, \"Remote engines\")")
     spec = docker.RunSpec(
-        name=name, image=options.image, volume=folder, user=f"{uid}:{gid}",
+        name=name, image=options.image, volume=source, user=f"{uid}:{gid}", storage=storage,
         home_label=store.label, home_dir=os.path.realpath(store.home), ttl_seconds=ttl_seconds,
         network=options.network, ports=list(options.ports),
         memory=options.memory, cpus=options.cpus, pids_limit=options.pids,
-        read_only=options.read_only, tmpfs_size=options.tmpfs_size, runtime=options.runtime,
+        read_only=options.read_only, tmpfs_size=options.tmpfs_size,
+        runtime=_runtime_for(eng, options.runtime, options.network),
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
         default_home="HOME" not in options.env,
     )
     return _Prepared(name, spec, dict(options.env))
+
+
+def _claim_name(store: StateStore, name: str) -> None:
+    """Create NAME's (empty) folder exclusively: parallel starts of one name cannot both go
+    on, whatever the workspace (an engine's `volume create` is idempotent)."""
+    try:
+        os.mkdir(store.volume_path(name), 0o700)
+    except FileExistsError:
+        raise NameInUse(
+            f"the name {name!r} is taken (a sandbox by that name exists or is starting)"
+        ) from None
+
+
+def _runtime_for(eng: engine.Engine, runtime: str | None, network: bool) -> str | None:
+    """RUNTIME, except that gVisor's `runsc` registered with --network=none (its own network
+    cannot run here) gives way to a `runsc-net` entry, when the engine has one, for a
+    sandbox with a network (README, "gVisor")."""
+    if runtime != "runsc" or not network:
+        return runtime
+    return "runsc-net" if "runsc-net" in eng.runtimes() else runtime
 
 
 def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
@@ -358,9 +395,13 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     prepared.spec = replace(prepared.spec, attempt=os.urandom(8).hex())
     container_id = ""
     try:
+        if prepared.spec.storage == VOLUME:
+            _make_volume(store, prepared.spec)
         with docker.env_file(prepared.env) as env_path:
             container_id, spec = _create_container(prepared, env_path, build, progress,
                                                    pull_output)
+        if spec.storage == VOLUME:
+            _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
             else list(options.ports)
     except NameInUse:
@@ -377,9 +418,9 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         ports=ports, env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "disk": options.disk,
-                 "runtime": options.runtime,
-                 "cap_add": list(options.cap_add)},
-        workspace=store.bind_workspace(name),
+                 "runtime": spec.runtime, "storage": spec.storage,
+                 "cap_add": list(options.cap_add), **engine.to_options(engine.current())},
+        workspace=store.derived_workspace(name, spec.storage),
     )
     try:
         with store.transaction() as records:
@@ -401,7 +442,63 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
             docker.run_docker(docker.remove_argv(refs), check=False)
     except SandboxError:
         pass
+    if prepared.spec.storage == VOLUME:
+        _remove_volume_quietly(prepared.spec.volume)
     _remove_folders(store, [prepared.name])
+
+
+def _make_volume(store: StateStore, spec: docker.RunSpec) -> None:
+    """`volume create` of SPEC's engine volume, labelled like its container."""
+    labels = {docker.LABEL_MANAGED: "1", docker.LABEL_HOME: store.label,
+              docker.LABEL_NAME: spec.name, docker.LABEL_ATTEMPT: spec.attempt}
+    docker.run_docker(docker.volume_create_argv(spec.volume, labels))
+
+
+def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
+    """Hand a new engine volume's root (root's, 0755) to the sandbox user before the code
+    first runs. Podman: a `cp --archive=false` of a tar whose `.` is the user's. Docker keeps
+    the root's owner through cp, so a short-lived helper of the sandbox's image, with CAP_CHOWN
+    alone, no network and a read-only root, runs `chown` on it."""
+    from .workspace import feed, root_tar
+
+    uid = int(spec.user.partition(":")[0])
+    eng = engine.current()
+    if eng.podman:
+        feed(eng.cp_in_argv(container_id, docker.WORKDIR), root_tar(uid))
+        return
+    helper = replace(spec, name=f"{spec.name}-init-{os.urandom(3).hex()}", ports=[],
+                     network=False, cap_add=["CHOWN"], runtime=None, env_file=None,
+                     memory="64m", pids_limit=16, keep=False, ttl_seconds=None)
+    argv = docker.create_argv(helper, ["chown", f"{uid}:{uid}", docker.WORKDIR])
+    argv[argv.index("create")] = "run"
+    argv[argv.index("--user") + 1] = docker.MAIN_USER
+    proc = docker.run_docker(argv, check=False)
+    if proc.returncode != 0:
+        raise docker.classify_failure(argv, proc.returncode, proc.stderr or
+                                      "chown of the engine volume's root failed (the image "
+                                      "needs chown for --storage volume)")
+
+
+def _remove_volume_quietly(name: str) -> None:
+    with suppress(SandboxError):
+        docker.run_docker(docker.volume_remove_argv([name]), check=False)
+
+
+def _remove_volumes(store: StateStore, records: Iterable[SandboxRecord],
+                    untracked: Iterable[str] = ()) -> None:
+    """Remove the engine volumes of RECORDS that have one, and those UNTRACKED names may
+    have (a lost state file: the volume, if any, is found by its derived name)."""
+    names = [(rec.workspace or {}).get("path", "") for rec in records
+             if (rec.workspace or {}).get("kind") == VOLUME]
+    names += [volume_name(store.label, name) for name in untracked]
+    if not names:
+        return
+    argv = docker.volume_remove_argv(names)
+    proc = docker.run_docker(argv, check=False)
+    problems = [line for line in proc.stderr.splitlines() if line.strip()
+                and "no such volume" not in line.lower()]
+    if proc.returncode != 0 and problems:
+        raise docker.classify_failure(argv, proc.returncode, "\n".join(problems))
 
 
 def _attempt_containers(store: StateStore, spec: docker.RunSpec) -> list[str]:
@@ -469,8 +566,27 @@ def start(store: StateStore, options: StartOptions, name: str | None = None,
     PULL_OUTPUT: docker pull's own progress goes to our stderr (the CLI), else nowhere
     (the API and the MCP server never print)."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
+    return _create_auto(store, options, name, ttl_seconds, docker.run_argv, progress, report,
+                        pull_output)
+
+
+def _create_auto(store: StateStore, options: StartOptions, name: str | None,
+                 ttl_seconds: int | None, build: Callable[[docker.RunSpec], list[str]],
+                 progress: Progress | None, report: Report | None,
+                 pull_output: bool = True) -> SandboxRecord:
+    """Prepare and create; with storage `auto`, an engine that refuses the bind (it cannot
+    see the client's files: docker:dind, another mount namespace) gets an engine volume."""
     prepared = _prepare(store, options, name, ttl_seconds, report)
-    return _create(store, options, prepared, docker.run_argv, progress, pull_output)
+    try:
+        return _create(store, options, prepared, build, progress, pull_output)
+    except DockerError as exc:
+        if (options.storage != "auto" or prepared.spec.storage != BIND
+                or not engine.bind_refused(exc.stderr)):
+            raise
+    # _create has undone the folder; the next try cannot meet the same refusal
+    return _create(store, options, _prepare(store, replace(options, storage=VOLUME),
+                                            prepared.name, ttl_seconds, None), build, progress,
+                   pull_output)
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
@@ -483,12 +599,12 @@ def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[
     at its TTL (docker.TTL_SCRIPT), so a killed client strands nothing past it."""
     if not command or not command[0]:
         raise InvalidInput("no command given")
-    prepared = _prepare(store, options, name, validate.duration(options.ttl), report)
 
     def build(spec: docker.RunSpec) -> list[str]:
         return docker.create_argv(spec, command, workdir=workdir, stdin=stdin, tty=tty)
 
-    return _create(store, options, prepared, build, progress)
+    return _create_auto(store, options, name, validate.duration(options.ttl), build, progress,
+                        report)
 
 
 def discard(store: StateStore, record: SandboxRecord, *, container_gone: bool = False) -> None:
@@ -497,6 +613,7 @@ def discard(store: StateStore, record: SandboxRecord, *, container_gone: bool = 
     name = record.name
     if not container_gone:
         remove_container(container_ref(record))
+    _remove_volumes(store, [record])
     _remove_folders(store, [name])
     with store.transaction() as records:
         records.pop(name, None)
@@ -530,8 +647,7 @@ def write_file(store: StateStore, name: str, path: str, source: BinaryIO | bytes
     """Write SOURCE to PATH (relative to /app) on the host folder; returns the bytes written."""
     parts = validate.sandbox_path(path)
     record = require(store, name)
-    with volume.opened_root(store.volumes_dir, name) as root:
-        return volume.write_from(root, parts, source, file_owner(record))
+    return workspace_of(store, record).write(parts, source)
 
 
 def read_file(store: StateStore, name: str, path: str, out_fd: int,
@@ -539,9 +655,40 @@ def read_file(store: StateStore, name: str, path: str, out_fd: int,
     """Copy the file at PATH to OUT_FD (refused when over MAX_SIZE bytes); returns the bytes
     copied."""
     parts = validate.sandbox_path(path)
-    require(store, name, expired_ok=True)  # an expired sandbox's files outlive its container
-    with volume.opened_root(store.volumes_dir, name) as root:
-        return volume.read_to(root, parts, out_fd, max_size)
+    record = require(store, name, expired_ok=True)  # its files outlive its container
+    return workspace_of(store, record).read(parts, out_fd, max_size)
+
+
+def workspace_of(store: StateStore, record: SandboxRecord) -> Workspace:
+    """RECORD's workspace: its host folder, or its engine volume reached through its
+    container (or, once that has expired, a helper container made for the copy)."""
+    kind = (record.workspace or {}).get("kind", BIND)
+    if kind != VOLUME:
+        return HostFolder(store.volumes_dir, record.name, file_owner(record))
+    path = store.workspace_path(record).removeprefix("volume:")
+
+    def container() -> Iterator[str]:
+        if not record.expired():
+            yield container_ref(record)
+            return
+        helper = _volume_helper(store, record, path)
+        try:
+            yield helper
+        finally:
+            _remove_containers([helper])
+
+    return EngineVolume(path, container, (_user_of(record.user) or OLD_DEFAULT_USER)[0])
+
+
+def _volume_helper(store: StateStore, record: SandboxRecord, volume: str) -> str:
+    """A created, never started container of RECORD's image with its volume at /app, for
+    `cp` once the sandbox's own container has gone (expired)."""
+    spec = docker.RunSpec(name=f"{record.name}-files-{os.urandom(3).hex()}",
+                          image=record.image, volume=volume, storage=VOLUME,
+                          user="{}:{}".format(*(_user_of(record.user) or OLD_DEFAULT_USER)),
+                          home_label=store.label, ttl_seconds=None, memory="64m",
+                          pids_limit=16)
+    return docker.run_docker(docker.create_argv(spec, ["true"])).stdout.strip()
 
 
 class CopyProgress(Protocol):
@@ -578,30 +725,15 @@ def copy_to(store: StateStore, name: str, patterns: Sequence[str], dest: str = "
     selection = select_files(root, patterns, excludes, use_gitignore)
     if progress:
         progress.begin(len(selection.files))
-    total = 0
-    from .manifest import Recorder, Tap  # what `sandbox diff` compares with
+    from .manifest import Recorder  # what `sandbox diff` compares with
 
     recorder = Recorder(store, record)
-    with volume.opened_root(store.volumes_dir, name) as root_fd, \
-            volume.DirWalker(root_fd, file_owner(record)) as walker:
-        try:
-            for rel in selection.files:
-                src = os.open(os.path.join(root, *rel),
-                              os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    info = os.fstat(src)
-                    size = info.st_size
-                    tap = Tap()
-                    placed = volume.copy_file_in(walker, dest_parts + rel, src, size,
-                                                 info.st_mode, tap=tap)
-                    recorder.add(dest_parts + rel, tap, placed, info.st_mode)
-                finally:
-                    os.close(src)
-                total += size
-                if progress:
-                    progress.advance(size)
-        finally:
-            recorder.save()  # what was copied before a failure is recorded too
+    try:
+        total = workspace_of(store, record).copy_in(root, list(selection.files), dest_parts,
+                                                    progress.advance if progress else None,
+                                                    recorder)
+    finally:
+        recorder.save()  # what was copied before a failure is recorded too
     return CopySummary(len(selection.files), total, "/app/" + "/".join(dest_parts),
                        selection.skipped_links)
 
@@ -692,14 +824,7 @@ def _labelled_containers(store: StateStore) -> dict[str, Container]:
     its docker name is the name its label gives."""
     out = docker.run_docker(docker.rows_argv(store.label)).stdout
     found: dict[str, Container] = {}
-    for line in out.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(row, dict):
-            continue
-        text = {key: value for key, value in row.items() if isinstance(value, str)}
+    for text in engine.current().parse_rows(out, docker.LISTED_LABELS):
         labels = {key: text.get(key, "") for key in docker.LISTED_LABELS}
         label_name = labels[docker.LABEL_NAME]
         try:
@@ -744,6 +869,7 @@ def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict
             "image": rec.image if rec else box.image if box else "",
             "status": status,
             "volume": store.workspace_path(rec) if rec else store.volume_path(name),
+            "storage": (rec.workspace or {}).get("kind", BIND) if rec else "",
             "network": rec.network if rec else False,
             "ports": box.ports if box and box.state == "running" else rec.ports if rec else [],
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
@@ -817,6 +943,8 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     live = [containers[n].id for n in targets if n in containers]  # by id: never a namesake
     if live:
         _remove_containers(live)
+    _remove_volumes(store, [records[n] for n in targets if n in records],
+                    [n for n in targets if n not in records])
     owners = {n: Owner(box.image, box.labels.get(docker.LABEL_USER, ""))
               for n, box in containers.items()}
     owners.update({n: Owner(rec.image, rec.user) for n, rec in records.items()})
@@ -870,9 +998,10 @@ def _remove_wedged(names: list[str], stuck: docker.EngineTimeout) -> None:
 
     ids = _full_ids(names)
     refused = []
+    local = engine.current().local
     for name in names:
         cid = ids.get(name, "")
-        if os.geteuid() != 0 or hostkill.kill_container(cid) is not True:
+        if not local or os.geteuid() != 0 or hostkill.kill_container(cid) is not True:
             refused.append(name)
     if refused:
         raise docker.EngineTimeout(_wedged_advice(refused, ids), stuck.argv, -1, "")

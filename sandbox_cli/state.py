@@ -8,9 +8,11 @@ writer; entries with a bad name or a wrongly typed field are dropped; only real 
 count as true; option values nested deeper than a list of scalars are left out (so saving never
 recurses into them).
 
-Each record names its workspace ({"kind": "bind", "path": ...}; the kind leaves room for an
-engine-side volume later). A recorded path is used only when it is exactly this home's
-volumes/NAME; anything else drops the entry, so a path is never followed out of the home.
+Each record names its workspace: {"kind": "bind", "path": HOST_FOLDER} or {"kind": "volume",
+"path": ENGINE_VOLUME} (workspace.py). A recorded path is used only when it is exactly this
+home's volumes/NAME, or the volume name derived from this home's label and NAME; anything else
+drops the entry, so a path is never followed out of the home nor a volume of another home's
+removed.
 Records of the old format (no workspace) derive it from the name, as before.
 
 The home is private to the user and checked before anything in it is read or written: the
@@ -289,12 +291,26 @@ class StateStore:
         """The workspace entry of a new sandbox NAME: a bind of volumes/NAME."""
         return {"kind": "bind", "path": self.volume_path(name)}
 
+    def volume_workspace(self, name: str) -> dict[str, str]:
+        """The workspace entry of a sandbox NAME whose /app is an engine volume (its path is
+        the volume's name, derived from this home's label and NAME)."""
+        from .workspace import volume_name
+
+        return {"kind": "volume", "path": volume_name(self.label, validate.name(name))}
+
+    def derived_workspace(self, name: str, kind: str) -> dict[str, str]:
+        """The only workspace entry a record of NAME and KIND may hold."""
+        return self.volume_workspace(name) if kind == "volume" else self.bind_workspace(name)
+
     def workspace_path(self, record: SandboxRecord) -> str:
-        """RECORD's host folder, read from its record (load() kept only records whose
-        workspace is this home's volumes/NAME, so this never leaves the home)."""
+        """RECORD's host folder, or `volume:NAME` for an engine volume, read from its record
+        (load() kept only records whose workspace is this home's volumes/NAME or this home's
+        volume of NAME, so this never leaves the home)."""
         workspace = record.workspace or self.bind_workspace(record.name)
-        if workspace != self.bind_workspace(record.name):  # a record built in code, not loaded
+        if workspace != self.derived_workspace(record.name, workspace.get("kind", "")):
             raise _refuse(workspace.get("path", "?"), "not this home's volumes folder")
+        if workspace["kind"] == "volume":
+            return f"volume:{workspace['path']}"
         return workspace["path"]
 
     def ensure_dirs(self) -> None:
@@ -415,11 +431,10 @@ class StateStore:
                 record = SandboxRecord.from_json(value)
                 if record is None or record.name != key:
                     continue
-                derived = self.bind_workspace(key)
                 if record.workspace is None:  # the old format: derived, as before
-                    record.workspace = derived
-                elif record.workspace != derived:  # outside volumes/, another kind: refused
-                    continue
+                    record.workspace = self.bind_workspace(key)
+                elif record.workspace != self.derived_workspace(key, record.workspace["kind"]):
+                    continue  # outside volumes/, another home's volume, another kind: refused
                 records[key] = record
         return records
 

@@ -59,6 +59,11 @@ def _bytes_text(count: int) -> str:
     return f"{count} bytes"
 
 
+def bytes_text(count: int) -> str:
+    """_bytes_text, for other modules' refusals."""
+    return _bytes_text(count)
+
+
 def _show(parts: Iterable[str]) -> str:
     """PARTS as the container sees them (/app/...), shortened in the middle when very long."""
     text = "/".join(parts)
@@ -76,6 +81,9 @@ def _check_length(parts: tuple[str, ...]) -> None:
     size = len(os.fsencode("/app/" + "/".join(parts)))
     if size >= PATH_MAX:
         raise UnsafePath(f"{_show(parts)}: path too long ({size} bytes; at most {PATH_MAX - 1})")
+
+
+check_length = _check_length  # for the engine-volume workspace (workspace.py)
 
 
 @contextmanager

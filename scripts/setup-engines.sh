@@ -100,8 +100,8 @@ dockerd_config() {  # ENGINE: its daemon.json (our own file: /etc/docker/daemon.
 {
   "cgroup-parent": "sandbox-$engine",
   "runtimes": {
-    "runsc": {"path": "$(command -v runsc)", "runtimeArgs": ["--platform=ptrace", "--network=none"]},
-    "runsc-net": {"path": "$(command -v runsc)", "runtimeArgs": ["--platform=ptrace", "--network=host"]}
+    "runsc": {"path": "$(command -v runsc)", "runtimeArgs": ["--platform=ptrace", "--network=none", "--file-access-mounts=shared"]},
+    "runsc-net": {"path": "$(command -v runsc)", "runtimeArgs": ["--platform=ptrace", "--network=host", "--file-access-mounts=shared"]}
   }
 }
 JSON
@@ -137,9 +137,15 @@ start_dockerd() {  # ENGINE HIDE(0|1)
     if [ "$hide" = 1 ]; then
         for p in $(hidden_paths); do mounts="$mounts mount -t tmpfs -o mode=0755,size=16m tmpfs '$p';"; done
     fi
-    # unshare -m: a private mount namespace (its overlay mounts never reach ours, and ours —
-    # the client's files — are hidden from it); setsid: it outlives this shell and its session.
-    setsid nsenter --net="$RUN/$engine.net" unshare -m --propagation private sh -c "
+    # The remote engine: unshare -m, a private mount namespace (its overlay mounts never reach
+    # ours, and the client's files are hidden from it). gvisor stays in the host's mount
+    # namespace, as the host's own dockerd: the size-capped /app folders sandbox loop-mounts
+    # later must reach it, and this host's mounts are private (no propagation to a slave).
+    # setsid: it outlives this shell and its session.
+    local mountns="unshare -m --propagation private"
+    [ "$hide" = 1 ] || mountns=""
+    # shellcheck disable=SC2086
+    setsid nsenter --net="$RUN/$engine.net" $mountns sh -c "
         set -e; $mounts
         exec dockerd --data-root '$STATE/$engine/docker' --exec-root '$dir/exec' \
             --pidfile '$dir/dockerd.pid' -H '$(host_of "$engine")' \
@@ -389,10 +395,10 @@ cmd_env() {
             echo "SANDBOX_ENGINE_GVISOR_NETNS=$RUN/gvisor.net"
             echo "SANDBOX_ENGINE_PODMAN=$PODMAN"
             echo "SANDBOX_ENGINE_PODMAN_NETNS=$RUN/podman.net" ;;
-        main) echo "unset DOCKER_HOST DOCKER_CONTEXT SANDBOX_DOCKER SANDBOX_RUNTIME" ;;
-        remote) echo "unset DOCKER_CONTEXT SANDBOX_DOCKER SANDBOX_RUNTIME; export DOCKER_HOST=$(host_of remote)" ;;
-        gvisor) echo "unset DOCKER_CONTEXT SANDBOX_DOCKER; export DOCKER_HOST=$(host_of gvisor) SANDBOX_RUNTIME=runsc" ;;
-        podman) echo "unset DOCKER_HOST DOCKER_CONTEXT SANDBOX_RUNTIME; export SANDBOX_DOCKER=$PODMAN" ;;
+        main) echo "unset DOCKER_HOST DOCKER_CONTEXT SANDBOX_DOCKER SANDBOX_RUNTIME SANDBOX_TEST_NETNS; export SANDBOX_TEST_ENGINE=main" ;;
+        remote) echo "unset DOCKER_CONTEXT SANDBOX_DOCKER SANDBOX_RUNTIME; export DOCKER_HOST=$(host_of remote) SANDBOX_TEST_ENGINE=remote SANDBOX_TEST_NETNS=$RUN/remote.net" ;;
+        gvisor) echo "unset DOCKER_CONTEXT SANDBOX_DOCKER; export DOCKER_HOST=$(host_of gvisor) SANDBOX_RUNTIME=runsc SANDBOX_TEST_ENGINE=gvisor SANDBOX_TEST_NETNS=$RUN/gvisor.net" ;;
+        podman) echo "unset DOCKER_HOST DOCKER_CONTEXT SANDBOX_RUNTIME; export SANDBOX_DOCKER=$PODMAN SANDBOX_TEST_ENGINE=podman SANDBOX_TEST_NETNS=$RUN/podman.net" ;;
         *) die "unknown engine '$engine' (known: main ${ALL[*]})" ;;
     esac
 }

@@ -18,6 +18,9 @@ BUSYBOX_IMAGE = os.environ.get("SANDBOX_TEST_BUSYBOX_IMAGE", "sandbox-test/busyb
 PYTHON_IMAGE = os.environ.get("SANDBOX_TEST_PYTHON_IMAGE", "sandbox-test/python:bookworm")
 
 CLI = [sys.executable, "-m", "sandbox_cli"]
+# The engine the suite drives: SANDBOX_DOCKER (a podman wrapper, say) or docker, with the
+# environment's DOCKER_HOST (scripts/setup-engines.sh run ENGINE -- ... sets both).
+DOCKER = os.environ.get("SANDBOX_DOCKER") or "docker"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,13 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     """Fail loudly when the engine or the test images are missing."""
-    if shutil.which(os.environ.get("SANDBOX_DOCKER", "docker")) is None:
+    if shutil.which(DOCKER) is None:
         pytest.fail("docker CLI not found: run scripts/setup-engine.sh (or -m 'not docker')")
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    info = subprocess.run([DOCKER, "info"], capture_output=True, text=True)
     if info.returncode != 0:
         pytest.fail("Docker daemon unreachable: run scripts/setup-engine.sh (or -m 'not docker')")
     for image in (BUSYBOX_IMAGE, PYTHON_IMAGE):
-        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+        found = subprocess.run([DOCKER, "image", "inspect", image], capture_output=True)
         if found.returncode != 0:
             pytest.fail(f"test image {image} missing: run scripts/setup-engine.sh")
 
@@ -127,5 +130,5 @@ def start_box(docker_engine: None, sandbox: Runner) -> Iterator[Callable[..., st
 
 def docker_inspect(name: str, fmt: str) -> str:
     """`docker inspect -f FMT NAME`, stripped."""
-    return subprocess.run(["docker", "inspect", "-f", fmt, name], capture_output=True,
+    return subprocess.run([DOCKER, "inspect", "-f", fmt, name], capture_output=True,
                           text=True, check=True).stdout.strip()

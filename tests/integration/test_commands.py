@@ -396,7 +396,8 @@ def test_doctor(docker_engine: None, sandbox: Runner) -> None:
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and data["ok"] is True
     assert [c["name"] for c in data["checks"]] == [
-        "docker CLI", "docker daemon", "runtimes", "default image", "state folder", "disk cap"]
+        "docker CLI", "docker daemon", "engine", "runtimes", "storage", "default image",
+        "state folder", "disk cap"]
     bad = sandbox("doctor", env={"SANDBOX_IMAGE": "sandbox-test/absent:1"})
     assert bad.returncode == 1 and b"fix: " in bad.stdout
 

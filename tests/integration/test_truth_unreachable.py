@@ -4,12 +4,22 @@ would destroy a live sandbox."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import BUSYBOX_IMAGE, Runner
 
 GONE = {"DOCKER_HOST": "unix:///nonexistent"}
+
+
+def _record_engine_host(home: Path, box: str, host: str) -> None:
+    """Commands about one sandbox use the engine its state entry recorded, whatever
+    DOCKER_HOST says now (engine.py): make that recorded engine the unreachable one."""
+    path = home / "state.json"
+    data = json.loads(path.read_text())
+    data["sandboxes"][box]["options"]["engine_host"] = host
+    path.write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("args", [
@@ -25,8 +35,14 @@ GONE = {"DOCKER_HOST": "unix:///nonexistent"}
     ("purge",),
     ("disconnect", "{box}"),
 ])
-def test_unreachable_daemon_is_exit_5(box: str, sandbox: Runner, args: tuple[str, ...]) -> None:
+def test_unreachable_daemon_is_exit_5(box: str, sandbox: Runner, home: Path,
+                                      args: tuple[str, ...]) -> None:
+    recorded = args[0] in ("exec", "disconnect")
+    if recorded:
+        _record_engine_host(home, box, GONE["DOCKER_HOST"])
     proc = sandbox(*(a.format(box=box) for a in args), env=GONE, timeout=60)
+    if recorded:
+        _record_engine_host(home, box, "")
     err = proc.stderr.decode()
     assert proc.returncode == 5, err
     assert proc.stdout == b""

@@ -1,0 +1,371 @@
+"""The workspace seam: where a sandbox's /app lives, and the one interface every file command
+goes through (write a file, read a file, copy a selection in, remove everything, describe).
+
+Two kinds, recorded per sandbox in its state entry:
+- `HostFolder` (kind `bind`): a folder of the sandbox home bind-mounted at /app (volume.py
+  does the hostile-safe host-side access; as root it is a size-capped image, disk.py). The
+  fastest, for an engine that sees the client's files.
+- `EngineVolume` (kind `volume`): a named volume in the engine, labelled like the container,
+  reached only through the engine: `write` and `copy-to` are one tar stream into
+  `cp - NAME:/app`, `read` is `cp NAME:/app/F -`, of which exactly one regular file is
+  accepted and streamed out in bounded chunks (a link, FIFO, device or directory in the
+  stream is refused; Podman's cp follows a final link, so the member's name must be the one
+  asked for too). For engines on another host (docker:dind, ssh://, a context) or in another
+  mount namespace: nothing is needed in the image but `chown` for the volume's root (Docker).
+
+The container is hostile in both: it may swap, link or grow anything at any moment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+
+from . import docker, volume
+from .errors import DockerError, SandboxError, UnsafePath
+
+BIND, VOLUME = "bind", "volume"
+STORAGES = ("auto", BIND, VOLUME)
+SANDBOX_UID = 65534  # the user the code runs as (nobody); files we put there are theirs
+_CHUNK = 1 << 20
+_SPOOL_MAX = 8 << 20  # stdin of unknown size is spooled (beyond this, to a temporary file)
+DEADLINE_COPY = 3600.0  # a tar stream of a large tree over a slow link
+
+
+if TYPE_CHECKING:
+    from .manifest import Recorder
+
+
+class Workspace(Protocol):
+    """What the file commands need of a sandbox's /app."""
+
+    kind: str
+
+    def write(self, parts: tuple[str, ...], source: BinaryIO | bytes) -> int: ...
+
+    def read(self, parts: tuple[str, ...], out_fd: int, max_size: int) -> int: ...
+
+    def copy_in(self, root: str, files: Sequence[tuple[str, ...]], dest: tuple[str, ...],
+                advance: Callable[[int], None] | None,
+                recorder: Recorder | None = None) -> int: ...
+
+    def describe(self) -> str: ...
+
+
+class HostFolder:
+    """/app as a host folder (bind mount), through volume.py."""
+
+    kind = BIND
+
+    def __init__(self, volumes_dir: str, name: str, owner: tuple[int, int] | None) -> None:
+        self.volumes_dir, self.name, self.owner = volumes_dir, name, owner
+
+    def write(self, parts: tuple[str, ...], source: BinaryIO | bytes) -> int:
+        with volume.opened_root(self.volumes_dir, self.name) as root:
+            return volume.write_from(root, parts, source, self.owner)
+
+    def read(self, parts: tuple[str, ...], out_fd: int, max_size: int) -> int:
+        with volume.opened_root(self.volumes_dir, self.name) as root:
+            return volume.read_to(root, parts, out_fd, max_size)
+
+    def copy_in(self, root: str, files: Sequence[tuple[str, ...]], dest: tuple[str, ...],
+                advance: Callable[[int], None] | None,
+                recorder: Recorder | None = None) -> int:
+        """Copy FILES (below ROOT) to DEST; RECORDER, when given, notes each for diff."""
+        from .manifest import Tap
+
+        total = 0
+        with volume.opened_root(self.volumes_dir, self.name) as root_fd, \
+                volume.DirWalker(root_fd, self.owner) as walker:
+            for rel in files:
+                src = _open_source(root, rel)
+                try:
+                    info = os.fstat(src)
+                    tap = Tap() if recorder is not None else None
+                    placed = volume.copy_file_in(walker, dest + rel, src, info.st_size,
+                                                 info.st_mode, tap=tap)
+                    if recorder is not None and tap is not None:
+                        recorder.add(dest + rel, tap, placed, info.st_mode)
+                finally:
+                    os.close(src)
+                total += info.st_size
+                if advance:
+                    advance(info.st_size)
+        return total
+
+    def describe(self) -> str:
+        return os.path.join(self.volumes_dir, self.name)
+
+
+def _open_source(root: str, rel: tuple[str, ...]) -> int:
+    return os.open(os.path.join(root, *rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def volume_name(home_label: str, name: str) -> str:
+    """The engine volume of sandbox NAME of the home labelled HOME_LABEL."""
+    return f"sandbox-{home_label}-{name}"
+
+
+class EngineVolume:
+    """/app as an engine volume, through tar streams of `cp` into and out of a container
+    (REF: the sandbox's container, or a helper made for an expired one)."""
+
+    kind = VOLUME
+
+    def __init__(self, volume_name: str, container: Callable[[], Iterator[str]],
+                 uid: int = SANDBOX_UID) -> None:
+        self.volume = volume_name
+        self._container = contextmanager(container)
+        self.uid = uid
+
+    def describe(self) -> str:
+        return f"volume:{self.volume}"
+
+    # --- in -------------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, volume.DIR_MODE, int(time.time())
+        info.uid = info.gid = self.uid
+        return info
+
+    def _file(self, name: str, size: int, mode: int = volume.FILE_MODE,
+              mtime: float | None = None) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = size, mode
+        info.mtime = int(time.time() if mtime is None else mtime)
+        info.uid = info.gid = self.uid
+        return info
+
+    def _stream_in(self, shown: str, fill: Callable[[tarfile.TarFile], None]) -> None:
+        """Run `cp - REF:/app` with the tar stream FILL writes. Folders come as entries of
+        their own before their files: an engine unpacking the stream replaces whatever
+        non-folder (a link the code planted) stands where a folder goes, and a file entry
+        replaces a link rather than writing through it."""
+        from . import engine
+
+        with self._container() as ref:
+            argv = engine.current().cp_in_argv(ref, docker.WORKDIR)
+            proc = docker.popen_docker(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stderr is not None
+            err = _collect(proc.stderr)
+            try:
+                with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT,
+                                  bufsize=_CHUNK) as tar:
+                    fill(tar)
+                proc.stdin.close()
+            except BrokenPipeError:  # the client gave up: its stderr says why
+                pass
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            code = docker.wait_docker(proc, argv, DEADLINE_COPY)
+            if code != 0:
+                raise _cp_failure(argv, code, err(), shown)
+
+    def write(self, parts: tuple[str, ...], source: BinaryIO | bytes) -> int:
+        volume.check_length(parts)
+        shown = "/app/" + "/".join(parts)
+        data, size = _sized(source)
+        try:
+            def fill(tar: tarfile.TarFile) -> None:
+                for depth in range(1, len(parts)):
+                    tar.addfile(self._dir("/".join(parts[:depth])))
+                tar.addfile(self._file("/".join(parts), size), data)
+
+            self._stream_in(shown, fill)
+        finally:
+            data.close()
+        return size
+
+    def copy_in(self, root: str, files: Sequence[tuple[str, ...]], dest: tuple[str, ...],
+                advance: Callable[[int], None] | None,
+                recorder: Recorder | None = None) -> int:
+        """One tar stream into the container; no manifest (diff needs the host folder)."""
+        total = [0]
+
+        def fill(tar: tarfile.TarFile) -> None:
+            made: set[tuple[str, ...]] = set()
+            for rel in files:
+                target = dest + rel
+                volume.check_length(target)
+                for depth in range(1, len(target)):
+                    if target[:depth] not in made:
+                        made.add(target[:depth])
+                        tar.addfile(self._dir("/".join(target[:depth])))
+                src = _open_source(root, rel)
+                with os.fdopen(src, "rb") as handle:
+                    info = os.fstat(src)
+                    tar.addfile(self._file("/".join(target), info.st_size,
+                                           volume.shared_mode(info.st_mode),
+                                           info.st_mtime), handle)
+                total[0] += info.st_size
+                if advance:
+                    advance(info.st_size)
+
+        self._stream_in("/app/" + "/".join(dest), fill)
+        return total[0]
+
+    # --- out ------------------------------------------------------------------------------
+
+    def read(self, parts: tuple[str, ...], out_fd: int, max_size: int) -> int:
+        """Stream the one regular file PARTS names out of `cp REF:/app/PATH -`, refusing
+        anything else the stream holds first (bounded memory: chunks of the member)."""
+        from . import engine
+
+        volume.check_length(parts)
+        shown = "/app/" + "/".join(parts)
+        with self._container() as ref:
+            argv = engine.current().cp_out_argv(ref, shown)
+            proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            err = _collect(proc.stderr)
+            try:
+                written = _one_file(proc.stdout, parts[-1], shown, out_fd, max_size)
+            except tarfile.TarError:
+                written = -1
+            finally:
+                proc.stdout.close()
+                if proc.poll() is None:
+                    proc.kill()  # we took what we wanted (or refused it): stop the stream
+                proc.wait()
+            if written < 0:
+                raise _cp_failure(argv, proc.returncode or 1, err(), shown)
+            return written
+
+
+def _one_file(stream: IO[bytes], name: str, shown: str, out_fd: int, max_size: int) -> int:
+    """Copy the first member of the tar STREAM to OUT_FD when it is a regular file named
+    NAME of at most MAX_SIZE bytes; -1 when the stream holds no member (cp failed)."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        member = tar.next()
+        if member is None:
+            return -1
+        if member.name.removeprefix("./").rstrip("/") != name:
+            # Podman's cp follows a final link and names the member after its target.
+            raise UnsafePath(f"{shown}: is a symbolic link; refusing to follow it")
+        if not member.isreg():
+            raise UnsafePath(f"{shown}: refusing to read {_member_kind(member)}")
+        if member.size > max_size:
+            raise UnsafePath(f"{shown}: {member.size} bytes, over the read limit of "
+                             f"{volume.bytes_text(max_size)} (raise it with --max-size)")
+        handle = tar.extractfile(member)
+        assert handle is not None
+        done = 0
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                return done
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out_fd, view):]
+            done += len(chunk)
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym() or member.islnk():
+        return "a symbolic link" if member.issym() else "a hard link"
+    if member.isfifo():
+        return "a FIFO"
+    if member.isdev():
+        return "a device"
+    if member.isdir():
+        return "a directory"
+    return "not a regular file"
+
+
+def _sized(source: BinaryIO | bytes) -> tuple[BinaryIO, int]:
+    """SOURCE as a readable file of known size (a tar header comes before the data): bytes
+    as they are, a regular file by its size, a pipe spooled (memory up to _SPOOL_MAX, then a
+    temporary file)."""
+    import io
+
+    if isinstance(source, bytes):
+        return io.BytesIO(source), len(source)
+    try:
+        info = os.fstat(source.fileno())
+        if stat.S_ISREG(info.st_mode):
+            handle = os.fdopen(os.dup(source.fileno()), "rb")
+            return handle, info.st_size - handle.tell()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+    import tempfile
+
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)  # noqa: SIM115 (closed by caller)
+    for chunk in iter(lambda: source.read(_CHUNK), b""):
+        spool.write(chunk)
+    size = spool.tell()
+    spool.seek(0)
+    return spool, size  # type: ignore[return-value]
+
+
+def _collect(stream: IO[bytes]) -> Callable[[], str]:
+    """Read STREAM (a client's stderr) in a thread, bounded; returns what it said."""
+    kept = bytearray()
+
+    def drain() -> None:
+        for chunk in iter(lambda: stream.read(1 << 16), b""):
+            if len(kept) < 1 << 16:
+                kept.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def text() -> str:
+        reader.join(timeout=5)
+        return kept.decode(errors="replace")
+
+    return text
+
+
+def _cp_failure(argv: Sequence[str], code: int, text: str, shown: str) -> SandboxError:
+    """The error for a failed `cp` about SHOWN: a missing file or folder, or something the
+    engine refused, is a file refusal (exit 4); a missing container or engine is not."""
+    from . import engine
+
+    low = text.lower()
+    failure = docker.classify_failure(argv, code, text)
+    if "could not find the file" in low or "could not be found on container" in low:
+        return UnsafePath(f"{shown}: no such file")
+    if type(failure) is DockerError:
+        line = engine.error_line(text).removeprefix("Error response from daemon: ")
+        return UnsafePath(f"{shown}: {line.removeprefix('Error: ') or f'exit code {code}'}")
+    return failure
+
+
+def root_tar(uid: int) -> bytes:
+    """A tar of the one entry `.`: a folder owned by UID (Podman's `cp --archive=false` so
+    hands an engine volume's root to the sandbox user)."""
+    import io
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(".")
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, uid
+        info.mtime = int(time.time())
+        tar.addfile(info)
+    return out.getvalue()
+
+
+def feed(argv: Sequence[str], data: bytes) -> None:
+    """Run a docker call with DATA (a small tar) on its stdin, within its deadline."""
+    proc = docker.popen_docker(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(data, timeout=docker.DEADLINE_CHANGE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise docker.timed_out(argv, docker.DEADLINE_CHANGE) from None
+    if proc.returncode != 0:
+        raise docker.classify_failure(argv, proc.returncode, err.decode(errors="replace"))
