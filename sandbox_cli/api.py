@@ -100,6 +100,7 @@ class SandboxInfo:
     created_at: str
     expires_at: str | None
     files_until: str | None = None
+    storage: str | None = None  # bind (a host folder) or volume (an engine volume)
 
     def to_json(self) -> dict[str, Any]:
         """The `ls --json` object."""
