@@ -97,6 +97,29 @@ CapAddOpt = Annotated[
         help="Give back a Linux capability (all are dropped). Repeatable.",
     ),
 ]
+AllowHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host",
+        metavar="HOST[:PORT]",
+        help="Reach only these hosts, through a proxy (*.example.com: subdomains; no port: "
+        "80 and 443). Repeatable. Not with --network or -p.",
+    ),
+]
+EgressNetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--egress-network", metavar="NET", help="Engine network the proxy goes out by "
+        "[default: bridge]."
+    ),
+]
+ProxyImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy-image", metavar="IMAGE", help="Image with python3 to run the egress proxy "
+        "[default: the sandbox's image]."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 TimeoutOpt = Annotated[
     str | None,
@@ -136,6 +159,7 @@ def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
         "keep": record.keep,
         "created_at": record.created_at,
         "expires_at": record.expires_at,
+        "allow_hosts": sandbox.allowed_hosts(record),
     }
 
 
@@ -165,12 +189,13 @@ def _resolve_start(
     read_only: bool | None,
     runtime: str | None,
     cap_add: list[str] | None,
+    egress: dict[str, Any] | None = None,
 ) -> config.StartOptions:
     flags: dict[str, Any] = {  # None: not given; config.resolve checks every given value
         "image": image, "network": network, "ports": port or None,
         "env": _env_pairs(env) if env else None, "keep": keep, "ttl": ttl, "memory": memory,
         "cpus": cpus, "pids": pids, "read_only": read_only, "runtime": runtime,
-        "cap_add": cap_add or None,
+        "cap_add": cap_add or None, **(egress or {}),
     }
     resolved = config.resolve(flags)
     for path in resolved.ignored:
@@ -181,6 +206,12 @@ def _resolve_start(
                              for key in resolved.loosened_by_project)
         ui.warn(f"{project} loosens the defaults: {settings}")
     return resolved.options
+
+
+def _egress_flags(allow_host: list[str] | None, egress_network: str | None,
+                  proxy_image: str | None) -> dict[str, Any]:
+    return {"allow_hosts": allow_host or None, "egress_network": egress_network,
+            "proxy_image": proxy_image}
 
 
 @app.command()
@@ -198,11 +229,15 @@ def start(
     read_only: ReadOnlyOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
+    allow_host: AllowHostOpt = None,
+    egress_network: EgressNetworkOpt = None,
+    proxy_image: ProxyImageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
     options = _resolve_start(
-        image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add
+        image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add,
+        _egress_flags(allow_host, egress_network, proxy_image),
     )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info)
@@ -364,6 +399,24 @@ def list_(json_out: JsonOpt = False) -> None:
         ui.sandbox_table(rows)
 
 
+@app.command("egress")
+def egress_log(name: NameArg, json_out: JsonOpt = False) -> None:
+    """List the attempts a sandbox's egress proxy allowed and refused (see --allow-host)."""
+    from . import egress
+
+    store = _store()
+    egress.require_egress(sandbox.require(store, name), store)
+    rows = egress.attempts(store, name)
+    if json_out:
+        ui.emit_json(rows)
+        return
+    for row in rows:
+        reason = f"\t{row['reason']}" if row["reason"] else ""
+        ui.data(f"{row['time']}\t{row['verdict']}\t{row['host']}:{row['port']}{reason}")
+    if not rows:
+        ui.info(f"{name}: no attempts yet")
+
+
 @app.command("build-repo")
 def build_repo(
     repo: Annotated[
@@ -402,6 +455,9 @@ def run(
     read_only: ReadOnlyOpt = None,
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
+    allow_host: AllowHostOpt = None,
+    egress_network: EgressNetworkOpt = None,
+    proxy_image: ProxyImageOpt = None,
     copy: Annotated[
         list[str] | None,
         typer.Option(
@@ -422,7 +478,7 @@ def run(
     patterns = [validate.glob(p) for p in copy or []]
     options = _resolve_start(
         image, network, port, env, False, None, memory, cpus, pids_limit, read_only, runtime,
-        cap_add,
+        cap_add, _egress_flags(allow_host, egress_network, proxy_image),
     )
     forward, tty = execute.stdin_mode()
     if json_out:  # no terminal: stdout and stderr must stay apart

@@ -95,6 +95,7 @@ class RunSpec:
     tmpfs_size: str = "64m"
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
+    network_options: list[str] = field(default_factory=list)  # replaces --network (egress)
 
 
 def run_argv(spec: RunSpec) -> list[str]:
@@ -135,7 +136,7 @@ def _container_options(spec: RunSpec) -> list[str]:
         "--label", f"{LABEL_NAME}={spec.name}",
         "--label", f"{LABEL_KEEP}={1 if spec.keep else 0}",
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
-        "--network", "bridge" if spec.network else "none",
+        *(spec.network_options or ["--network", "bridge" if spec.network else "none"]),
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", spec.user,

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
@@ -38,9 +38,14 @@ def container_user() -> tuple[int, int]:
 
 def file_owner(record: SandboxRecord) -> tuple[int, int] | None:
     """Who should own files we put in RECORD's folder: None means 'us' (the same user)."""
+    return file_owner_of(record.user)
+
+
+def file_owner_of(user: str) -> tuple[int, int] | None:
+    """file_owner for a container user UID:GID."""
     if os.getuid() != 0:
         return None
-    uid, _, gid = record.user.partition(":")
+    uid, _, gid = user.partition(":")
     if uid.isdigit() and gid.isdigit() and (int(uid), int(gid)) != (0, 0):
         return int(uid), int(gid)
     return None
@@ -62,8 +67,19 @@ def forget_expired(store: StateStore) -> list[str]:
         for name in gone:
             del records[name]
     _remove_containers([container_ref(rec) for rec in gone.values()])
+    _end_egress(store, gone)
     _remove_folders(store, gone)
     return list(gone)
+
+
+def _end_egress(store: StateStore, records: Mapping[str, SandboxRecord | None]) -> None:
+    """Remove the egress proxy, network and log of those of RECORDS that have (or, unknown,
+    may have) one; their containers are gone already."""
+    from . import egress
+
+    names = [name for name, rec in records.items() if egress.uses_egress(rec)]
+    if names:
+        egress.remove(store, names)
 
 
 def container_ref(record: SandboxRecord) -> str:
@@ -104,6 +120,7 @@ class _Prepared:
     name: str
     spec: docker.RunSpec
     env: dict[str, str]  # -e values: they reach docker through a private env file
+    egress: Any = None  # an egress.Plan with --allow-host
 
 
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
@@ -114,6 +131,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     name = name or generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
+    plan = _egress_plan(store, name, options, ttl_seconds)
     forget_expired(store)
     store.ensure_dirs()
     if store.get(name) is not None:
@@ -137,7 +155,24 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
         default_home="HOME" not in options.env,
     )
-    return _Prepared(name, spec, dict(options.env))
+    if plan is None:
+        return _Prepared(name, spec, dict(options.env))
+    from . import egress
+
+    spec = replace(spec, network_options=egress.sandbox_network_options(plan))
+    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
+
+
+def _egress_plan(store: StateStore, name: str, options: StartOptions,
+                 ttl_seconds: int | None) -> Any:
+    """The egress plan of a sandbox started with --allow-host, else None."""
+    if not options.allow_hosts:
+        return None
+    from . import egress
+
+    egress.check_options(options)
+    uid, gid = container_user()
+    return egress.new_plan(store, name, options, f"{uid}:{gid}", ttl_seconds)
 
 
 def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
@@ -147,11 +182,13 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     missing, and record the sandbox; on any failure or signal nothing is left behind."""
     name = prepared.name
     try:
-        with docker.env_file(prepared.env) as env_path:
+        with docker.env_file(prepared.env) as env_path, _egress_started(prepared, progress):
             container_id, spec = _create_container(prepared, env_path, build, progress)
     except BaseException:
         # Killed mid-call, the docker client may still have had its container made.
         docker.run_docker(docker.remove_argv([name]), check=False)
+        if prepared.egress is not None:
+            _end_egress(store, {name: None})
         _remove_folders(store, [name])
         raise
     record = SandboxRecord(
@@ -161,16 +198,39 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         ports=list(options.ports), env_keys=sorted(options.env), user=spec.user,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "runtime": options.runtime,
-                 "cap_add": list(options.cap_add)},
+                 "cap_add": list(options.cap_add), **_egress_record(prepared)},
     )
     try:
         with store.transaction() as records:
             records[name] = record
     except BaseException:
         docker.run_docker(docker.remove_argv([name]), check=False)
+        if prepared.egress is not None:
+            _end_egress(store, {name: None})
         _remove_folders(store, [name])
         raise
     return record
+
+
+def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
+    """A context: the egress network made and its proxy starting beside the sandbox (nothing
+    without --allow-host)."""
+    from contextlib import nullcontext
+
+    if prepared.egress is None:
+        return nullcontext()
+    from . import egress
+
+    return egress.provisioned(prepared.egress, file_owner_of(prepared.spec.user),
+                              lambda image: pull_image(image, progress))
+
+
+def _egress_record(prepared: _Prepared) -> dict[str, Any]:
+    if prepared.egress is None:
+        return {}
+    from . import egress
+
+    return egress.record_options(prepared.egress)
 
 
 def _create_container(prepared: _Prepared, env_path: str | None,
@@ -221,6 +281,7 @@ def discard(store: StateStore, name: str, *, container_gone: bool = False) -> No
     entry. No listing of containers, unlike purge."""
     if not container_gone:
         remove_container(name)
+    _end_egress(store, {name: store.get(name)})
     _remove_folders(store, [name])
     with store.transaction() as records:
         records.pop(name, None)
@@ -323,11 +384,22 @@ def disconnect(store: StateStore, name: str) -> list[str]:
     left = [net for net in networks if net != "none"]
     for net in left:
         docker.run_docker(docker.network_disconnect_argv(net, name))
+    _end_egress_of(store, name)
     with store.transaction() as records:
         if name in records:
             records[name].network = False
             records[name].ports = []
+            records[name].options.pop("allow_hosts", None)  # the proxy is gone: nothing left
     return left
+
+
+def _end_egress_of(store: StateStore, name: str) -> None:
+    """disconnect: stop NAME's egress proxy and remove its network (its log stays)."""
+    from . import egress
+
+    record = store.get(name)
+    if record is not None and egress.uses_egress(record):
+        egress.end(store, name)
 
 
 # --- listing and purge ---------------------------------------------------------------------
@@ -373,9 +445,16 @@ def list_sandboxes(store: StateStore) -> list[dict[str, Any]]:
             "keep": rec.keep if rec else labels.get(docker.LABEL_KEEP) == "1",
             "created_at": rec.created_at if rec else "",
             "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
+            "allow_hosts": allowed_hosts(rec),
             "tracked": rec is not None,
         })
     return rows
+
+
+def allowed_hosts(record: SandboxRecord | None) -> list[str]:
+    """The allow-list of RECORD ([] without one; the state file is untrusted)."""
+    hosts = record.options.get("allow_hosts") if record else None
+    return [h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else []
 
 
 def _old_enough(box: dict[str, Any]) -> bool:
@@ -443,6 +522,9 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     live = [n for n in targets if n in containers]
     if live:
         _remove_containers(live)
+    _end_egress(store, {n: records.get(n) for n in targets})
+    if not names:
+        _sweep_egress(store, everything, (set(records) | set(containers)) - set(targets))
     _remove_folders(store, targets)
     if any(n in records for n in targets):
         with store.transaction() as current:
@@ -454,6 +536,13 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             + (f" (removed {', '.join(targets)})" if targets else "")
         )
     return targets
+
+
+def _sweep_egress(store: StateStore, everything: bool, live: set[str]) -> None:
+    """A bare purge also removes egress pieces of this home whose sandbox is gone."""
+    from . import egress
+
+    egress.sweep(store, sorted(live), everything=everything)
 
 
 def remove_container(name: str) -> None:

@@ -1,0 +1,480 @@
+"""Egress by allow-list: a sandbox that reaches the listed hosts through a proxy of its own and
+nothing else.
+
+Per sandbox started with `--allow-host`:
+
+- an engine network of its own, `--internal` and with no address of the engine host on it
+  (`com.docker.network.bridge.inhibit_ipv4`): Docker 20.10 still gives containers on an internal
+  network a default route to the host's bridge address, so without it the sandbox could reach any
+  service the host binds to 0.0.0.0;
+- a proxy container (`egress_proxy.py`, mounted read-only, run by the proxy image's python3),
+  locked down like the sandbox, attached to that network (alias `egress-proxy`, listening there
+  only) and to the egress network (default: docker's `bridge`);
+- the sandbox on the internal network only, with HTTP(S)_PROXY pointing at the proxy, and its
+  embedded DNS told to forward to an address that answers nothing (`--dns 127.0.0.1`): on Docker
+  20.10 the embedded resolver (127.0.0.11) of an internal network forwards outside names to the
+  upstream servers from inside the container's own network namespace, so a reachable upstream
+  would carry queries (and data in them) out.
+
+Everything here is labelled (`sandbox-cli.egress=1`, `.home`, `.name`) and removed by label, so a
+lost state file strands nothing and no container or network of another home is touched. The
+proxy lives as long as its sandbox (same TTL, `--rm`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import docker, validate
+from .egress_proxy import PROXY_PORT, parse_rule, parse_rules
+from .errors import DockerError, InvalidInput
+
+if TYPE_CHECKING:
+    from .config import StartOptions
+    from .state import SandboxRecord, StateStore
+
+LABEL_EGRESS = f"{docker.LABEL_PREFIX}.egress"
+PROXY_ALIAS = "egress-proxy"
+PROXY_PROGRAM = "/sandbox-egress/proxy.py"
+PROXY_LOG_DIR = "/log"
+LOG_FILE = "egress.log"
+DEFAULT_EGRESS_NETWORK = "bridge"
+DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
+NO_PROXY = "localhost,127.0.0.1,::1"
+PROXY_MEMORY = "64m"
+PROXY_PIDS = 32
+READ_LIMIT = 4 << 20  # bytes of log read per file at most
+SWEEP_MIN_AGE_SECONDS = 60
+_LIST_FORMAT = f'{{{{.ID}}}}\t{{{{.Label "{docker.LABEL_NAME}"}}}}\t{{{{.CreatedAt}}}}'
+_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+# --- input ------------------------------------------------------------------------------------
+
+def allow_hosts(values: Sequence[str]) -> list[str]:
+    """Check and normalise --allow-host values (HOST[:PORT], *.domain, IP literals)."""
+    try:
+        return [rule.text() for rule in parse_rules(values)]
+    except ValueError as exc:
+        raise InvalidInput(f"--allow-host: {exc}") from None
+
+
+def allow_host(value: str) -> str:
+    """One --allow-host value, checked and normalised."""
+    try:
+        return parse_rule(value).text()
+    except ValueError as exc:
+        raise InvalidInput(f"--allow-host: {exc}") from None
+
+
+def network(value: str) -> str:
+    """An engine network name for --egress-network."""
+    if not _NETWORK_RE.match(value) or value in ("none", "host"):
+        raise InvalidInput(f"invalid egress network {value!r}: expected an engine network "
+                           "name (not none or host)")
+    return value
+
+
+def check_options(options: StartOptions) -> None:
+    """Refuse combinations without a sound meaning: an allow-list is a network of its own."""
+    if not options.allow_hosts:
+        return
+    if options.network:
+        raise InvalidInput("--allow-host cannot be combined with --network: the allow-list "
+                           "replaces the network (the sandbox reaches the listed hosts only)")
+    if options.ports:
+        raise InvalidInput("--allow-host cannot be combined with -p/--port: ports need "
+                           "--network, which the allow-list replaces")
+
+
+# --- the plan: names and argv (pure) ----------------------------------------------------------
+
+@dataclass
+class Plan:
+    """The egress pieces of one sandbox."""
+
+    sandbox: str
+    home_label: str
+    network: str  # the internal network's name
+    proxy: str  # the proxy container's name
+    allow: list[str]
+    egress_network: str
+    image: str
+    user: str
+    log_dir: str
+    lifetime: int | None
+    deny: list[str] = field(default_factory=list)
+
+
+def new_plan(store: StateStore, name: str, options: StartOptions, user: str,
+             ttl_seconds: int | None) -> Plan:
+    """Names for NAME's network and proxy. A random part keeps them from ever being another
+    container's name (a sandbox may be called anything); removal goes by label."""
+    tag = os.urandom(4).hex()
+    return Plan(
+        sandbox=name, home_label=store.label, network=f"sandbox-egress-{name}-{tag}",
+        proxy=f"sandbox-egress-{name}-{tag}", allow=allow_hosts(options.allow_hosts),
+        egress_network=network(options.egress_network or DEFAULT_EGRESS_NETWORK),
+        image=options.proxy_image or options.image, user=user,
+        log_dir=log_dir(store, name), lifetime=ttl_seconds, deny=sorted(host_addresses()),
+    )
+
+
+def log_dir(store: StateStore, name: str) -> str:
+    """The host folder the proxy writes its attempt log to (never inside the sandbox's own
+    folder: the sandbox must not be able to forge or plant anything there)."""
+    return os.path.join(store.home, "egress", validate.name(name))
+
+
+def _labels(plan_home: str, name: str, *, managed: bool) -> list[str]:
+    """Labels of an egress piece. The proxy container is not `managed` (that marks sandboxes:
+    `ls` and `purge` would take it for its sandbox); the network is."""
+    return ["--label", f"{LABEL_EGRESS}=1",
+            *(["--label", f"{docker.LABEL_MANAGED}=1"] if managed else []),
+            "--label", f"{docker.LABEL_HOME}={plan_home}", "--label", f"{docker.LABEL_NAME}={name}"]
+
+
+def network_create_argv(plan: Plan) -> list[str]:
+    """`docker network create --internal` without an address of the host on it."""
+    return [docker.docker_binary(), "network", "create", "--internal",
+            "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+            *_labels(plan.home_label, plan.sandbox, managed=True), plan.network]
+
+
+def proxy_program_path() -> str:
+    """The proxy program on this machine (mounted read-only into the proxy)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
+
+
+def proxy_run_argv(plan: Plan) -> list[str]:
+    """`docker run -d` of the proxy: locked down as the sandbox is, on the internal network
+    (the egress network is connected next), living as long as the sandbox does."""
+    args = ["--alias", PROXY_ALIAS, "--port", str(PROXY_PORT),
+            "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}"]
+    for rule in plan.allow:
+        args += ["--allow", rule]
+    for address in plan.deny:
+        args += ["--deny-addr", address]
+    if plan.lifetime is not None:
+        args += ["--lifetime", str(plan.lifetime)]
+    return [
+        docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
+        "--name", plan.proxy, *_labels(plan.home_label, plan.sandbox, managed=False),
+        "--network", plan.network, "--network-alias", PROXY_ALIAS,
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
+        "--read-only", "--pids-limit", str(PROXY_PIDS),
+        "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
+        "--init", "--no-healthcheck",
+        "--log-driver", "json-file", "--log-opt", "max-size=1m", "--log-opt", "max-file=1",
+        "--env", "PYTHONDONTWRITEBYTECODE=1",
+        "--mount", f"type=bind,source={proxy_program_path()},target={PROXY_PROGRAM},readonly",
+        "--mount", f"type=bind,source={plan.log_dir},target={PROXY_LOG_DIR}",
+        "--entrypoint", "python3", plan.image, "-I", PROXY_PROGRAM, *args,
+    ]
+
+
+def network_connect_argv(network_name: str, container: str) -> list[str]:
+    """`docker network connect NETWORK CONTAINER`."""
+    return [docker.docker_binary(), "network", "connect", network_name, container]
+
+
+def sandbox_network_options(plan: Plan) -> list[str]:
+    """What the sandbox gets instead of `--network none`: the internal network only, and an
+    embedded DNS that forwards outside names nowhere (loopback of the sandbox itself)."""
+    return ["--network", plan.network, "--dns", "127.0.0.1",
+            "--dns-opt", "timeout:1", "--dns-opt", "attempts:1"]
+
+
+def sandbox_env() -> dict[str, str]:
+    """The proxy variables pip, npm, curl, git and urllib read."""
+    url = f"http://{PROXY_ALIAS}:{PROXY_PORT}"
+    return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+            "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}
+
+
+def list_proxies_argv(home_label: str) -> list[str]:
+    """`docker ps -a` of this home's proxies: ID, sandbox name, created (tab-separated)."""
+    return [docker.docker_binary(), "ps", "-a", "--no-trunc", "--filter", f"label={LABEL_EGRESS}=1",
+            "--filter", f"label={docker.LABEL_HOME}={home_label}",
+            "--format", _LIST_FORMAT]
+
+
+def list_networks_argv(home_label: str) -> list[str]:
+    """`docker network ls` of this home's egress networks, as list_proxies_argv."""
+    return [docker.docker_binary(), "network", "ls", "--no-trunc",
+            "--filter", f"label={LABEL_EGRESS}=1",
+            "--filter", f"label={docker.LABEL_HOME}={home_label}",
+            "--format", _LIST_FORMAT]
+
+
+# --- host addresses ---------------------------------------------------------------------------
+
+def host_addresses() -> set[str]:
+    """This machine's own addresses (IPv4 by ioctl, IPv6 from /proc): the proxy refuses them
+    even when a listed name resolves to one. Linux only; elsewhere empty (the proxy still
+    refuses its own gateways, the engine host's bridge addresses)."""
+    found: set[str] = set()
+    try:
+        import fcntl
+        import socket
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _, ifname in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                                         struct.pack("256s", ifname.encode()[:15]))
+                except OSError:
+                    continue
+                found.add(socket.inet_ntoa(packed[20:24]))
+    except (OSError, ImportError, AttributeError):
+        pass
+    try:
+        import ipaddress
+
+        with open("/proc/net/if_inet6", encoding="ascii") as handle:
+            for line in handle:
+                address = ipaddress.IPv6Address(int(line.split()[0], 16))
+                if not address.is_link_local:
+                    found.add(str(address))
+    except (OSError, ValueError, IndexError):
+        pass
+    return {a for a in found if not a.startswith("127.") and a != "::1"}
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
+    parent = os.path.dirname(plan.log_dir)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(plan.log_dir, 0o755)
+    except FileExistsError:  # a leftover of an earlier sandbox of that name: start afresh
+        _remove_log_dirs(os.path.dirname(os.path.dirname(plan.log_dir)), [plan.sandbox])
+        os.mkdir(plan.log_dir, 0o755)
+    if owner is not None:
+        os.chown(plan.log_dir, *owner)
+
+
+def _start_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Run the proxy (pulling its image once if missing) and connect it to the egress network;
+    returns its container id."""
+    from .errors import ImageError
+
+    try:
+        proxy_id = docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+    except ImageError:
+        pull(plan.image)
+        proxy_id = docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+    try:
+        docker.run_docker(network_connect_argv(plan.egress_network, proxy_id))
+    except DockerError as exc:
+        if "not found" in exc.stderr.lower():
+            raise InvalidInput(f"egress network {plan.egress_network!r} not found "
+                               "(see `docker network ls`)") from None
+        raise
+    return proxy_id
+
+
+@contextmanager
+def provisioned(plan: Plan, owner: tuple[int, int] | None,
+                pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """Create PLAN's network, then start its proxy in the background while the body starts the
+    sandbox (they need each other only at the first request). Yields a dict that holds the
+    proxy's id once the block ends; a failure of the proxy is raised then. The caller removes
+    what was made when anything fails (`remove`, after the sandbox's container: a network
+    cannot be removed while the sandbox is on it)."""
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result["proxy_id"] = _start_proxy(plan, pull)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    _make_log_dir(plan, owner)
+    try:
+        docker.run_docker(network_create_argv(plan))
+    except DockerError as exc:
+        raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
+                          exc.argv, exc.returncode, exc.stderr) from None
+    worker = threading.Thread(target=work, name="egress-proxy", daemon=True)
+    worker.start()
+    try:
+        yield result
+    finally:
+        worker.join()  # also after a failure: the caller's cleanup must not race the proxy
+    if failure:
+        raise failure[0]
+
+
+def _labelled(argv: list[str]) -> list[tuple[str, str, str]]:
+    """(id, sandbox name, created) rows of a listing; ids must look like ids (nothing else is
+    ever removed)."""
+    rows = []
+    out = docker.run_docker(argv, check=False).stdout
+    for line in out.splitlines():
+        ident, _, rest = line.strip().partition("\t")
+        name, _, created = rest.partition("\t")
+        if re.fullmatch(r"[0-9a-f]{12,64}", ident):
+            rows.append((ident, name, created))
+    return rows
+
+
+def _young(created: str) -> bool:
+    """True for a piece made in the last minute: it may belong to a start still under way."""
+    import time
+    from datetime import datetime
+
+    # "2026-12-01 22:30:01 +0000 UTC" (ps) or with fractional seconds (network ls)
+    found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? ([+-]\d{4})", created)
+    if not found:
+        return False
+    try:
+        when = datetime.strptime(" ".join(found.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return False
+    return time.time() - when < SWEEP_MIN_AGE_SECONDS
+
+
+def _remove_by_label(home_label: str, chosen: Callable[[str, str], bool]) -> list[str]:
+    """Remove this home's proxies, then egress networks, for which CHOSEN(sandbox name,
+    created) holds. Returns the sandbox names whose pieces were removed."""
+    proxies = [(i, n) for i, n, c in _labelled(list_proxies_argv(home_label)) if chosen(n, c)]
+    if proxies:
+        docker.run_docker(docker.remove_argv([i for i, _ in proxies]), check=False)
+    networks = [(i, n) for i, n, c in _labelled(list_networks_argv(home_label)) if chosen(n, c)]
+    for ident, _ in networks:
+        docker.run_docker(network_rm_argv(ident), check=False)
+    return sorted({n for _, n in proxies} | {n for _, n in networks})
+
+
+def network_rm_argv(network_name: str) -> list[str]:
+    """`docker network rm NETWORK`."""
+    return [docker.docker_binary(), "network", "rm", network_name]
+
+
+def remove(store: StateStore, names: Sequence[str]) -> None:
+    """Remove the proxies, networks and logs of NAMES (their sandboxes already removed)."""
+    if not names:
+        return
+    wanted = set(names)
+    _remove_by_label(store.label, lambda name, _created: name in wanted)
+    _remove_log_dirs(store.home, names)
+
+
+def sweep(store: StateStore, live: Sequence[str], *, everything: bool = False) -> None:
+    """Remove this home's egress pieces whose sandbox is not in LIVE (a lost state file, a
+    sandbox that expired while no command ran). Pieces younger than a minute are spared
+    unless EVERYTHING: they may belong to a start under way."""
+    keep = set(live)
+    removed = _remove_by_label(
+        store.label, lambda name, created: name not in keep and (everything or not _young(created)))
+    _remove_log_dirs(store.home, removed)
+
+
+def end(store: StateStore, name: str) -> bool:
+    """`disconnect`: end NAME's egress (proxy and network removed, nothing goes out after;
+    its log stays for `sandbox egress`). Returns whether there was any."""
+    return bool(_remove_by_label(store.label, lambda other, _created: other == name))
+
+
+def _remove_log_dirs(home: str, names: Sequence[str]) -> None:
+    from . import volume
+
+    folder = os.path.join(home, "egress")
+    try:
+        parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        for name in names:
+            volume.remove_tree(parent, validate.name(name))
+    finally:
+        os.close(parent)
+
+
+def uses_egress(record: SandboxRecord | None) -> bool:
+    """Whether a sandbox was started with an allow-list (unknown: maybe)."""
+    return record is None or "egress_network" in record.options
+
+
+def record_options(plan: Plan | None) -> dict[str, Any]:
+    """What the state record keeps of the egress (flat values only)."""
+    if plan is None:
+        return {}
+    return {"allow_hosts": list(plan.allow), "egress_network": plan.egress_network}
+
+
+# --- the attempt log --------------------------------------------------------------------------
+
+def _read_bounded(dir_fd: int, name: str) -> bytes:
+    """A regular file below DIR_FD, never through a link, at most READ_LIMIT bytes."""
+    import stat
+
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        chunks, total = [], 0
+        while total < READ_LIMIT:
+            chunk = os.read(fd, min(1 << 16, READ_LIMIT - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def attempts(store: StateStore, name: str) -> list[dict[str, Any]]:
+    """The proxy's log of NAME, oldest first: dicts of time, host, port, verdict (allowed or
+    refused), method and reason. The file is written by the proxy, which faces the sandbox:
+    every line is checked, bad ones skipped."""
+    folder = log_dir(store, name)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        raw = _read_bounded(dir_fd, LOG_FILE + ".1") + _read_bounded(dir_fd, LOG_FILE)
+    finally:
+        os.close(dir_fd)
+    found = []
+    for line in raw.splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(entry, dict):
+            continue
+        item = {
+            "time": entry.get("time"), "host": entry.get("host"), "port": entry.get("port"),
+            "verdict": entry.get("verdict"), "method": entry.get("method", ""),
+            "reason": entry.get("reason", ""),
+        }
+        if (all(isinstance(item[k], str) for k in ("time", "host", "verdict", "method", "reason"))
+                and isinstance(item["port"], int) and item["verdict"] in ("allowed", "refused")):
+            found.append(item)
+    return found
+
+
+def require_egress(record: SandboxRecord, store: StateStore) -> None:
+    """InvalidInput unless RECORD was started with an allow-list (disconnected ones count:
+    their log is kept)."""
+    if "egress_network" not in record.options and not os.path.isdir(log_dir(store, record.name)):
+        raise InvalidInput(f"sandbox {record.name!r} was not started with --allow-host "
+                           "(it has no egress proxy)")

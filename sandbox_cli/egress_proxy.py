@@ -1,0 +1,558 @@
+"""The egress proxy of one sandbox: a small HTTP proxy that lets out only what is allowed.
+
+This file is two things. Imported (by `sandbox_cli.egress` and the tests), it offers the pure
+allow-list rules: `parse_rule`, `host_allowed`, `address_refusal`. Run as a program (mounted
+read-only into the proxy container and started with that image's python3), it is the proxy:
+
+    python3 egress_proxy.py --alias egress-proxy --port 3128 --allow 'pypi.org' \
+        --deny-addr 192.0.2.2 --log /log/egress.log [--lifetime SECONDS]
+
+It accepts `CONNECT host:port` (HTTPS and any TLS tunnel) and plain-HTTP requests in absolute
+form (`GET http://host/path`) for listed names and ports only, resolves names itself, and
+refuses addresses that are loopback, link-local (cloud metadata at 169.254.169.254), unspecified,
+multicast, or the engine host's own unless listed literally. Every attempt is logged as one JSON
+line to a file rotated at 1 MiB. Memory is bounded: a fixed number of connections, a 16 KiB
+request head, 64 KiB relay buffers, idle timeouts. Standard library only: it must run on any image
+with a python3 (python:alpine, Debian's), and it starts nothing but itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+DEFAULT_PORTS = (80, 443)
+PROXY_PORT = 3128
+MAX_HEAD = 16 * 1024  # request line and headers
+RELAY_CHUNK = 64 * 1024
+MAX_CONNECTIONS = 64
+HEAD_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0
+LOG_MAX_BYTES = 1 << 20
+ALLOW_HINT = "--allow-host"
+
+_LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Rule(NamedTuple):
+    """One allow-list entry: an exact name, a `*.domain` wildcard, or an IP literal."""
+
+    host: str  # lower case; for a wildcard the domain without `*.`; for an IP its normal form
+    wildcard: bool
+    ports: tuple[int, ...]  # DEFAULT_PORTS when none was given
+    address: IPAddress | None  # set for IP literals
+
+    def text(self) -> str:
+        """The rule as a user would write it (normalised)."""
+        host = f"*.{self.host}" if self.wildcard else self.host
+        if self.address is not None and self.address.version == 6:
+            host = f"[{host}]"
+        return host if self.ports == DEFAULT_PORTS else f"{host}:{self.ports[0]}"
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return address
+
+
+def _hostname(text: str) -> str | None:
+    """TEXT as a normalised DNS name, or None when it is not one."""
+    name = text.lower().removesuffix(".")
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    if not all(_LABEL_RE.match(label) for label in labels):
+        return None
+    if labels[-1].isdigit():  # 10.1 or 127.1: numbers some resolvers read as IPv4
+        return None
+    return name
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"invalid port {text!r} (1-65535)")
+    return int(text)
+
+
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """('host', 'port' or None) of HOST[:PORT], [V6][:PORT] or a bare IPv6 address."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"invalid host {text!r}: missing ']'")
+        rest = text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"invalid host {text!r}")
+        return text[1:end], rest[1:] if rest else None
+    if text.count(":") > 1:  # a bare IPv6 literal: no port
+        return text, None
+    host, sep, port = text.partition(":")
+    return host, port if sep else None
+
+
+def parse_rule(text: str) -> Rule:
+    """An allow-list entry HOST[:PORT]: `pypi.org`, `*.example.com:8443`, `10.0.0.5:80`.
+
+    No port means 80 and 443. `*.example.com` matches names below example.com, not
+    example.com itself. Raises ValueError with a reason.
+    """
+    raw = text.strip()
+    if not raw or any(c.isspace() for c in raw) or len(raw) > 300:
+        raise ValueError(f"invalid host {text!r}")
+    host, port_text = split_host_port(raw)
+    ports = (_port(port_text),) if port_text is not None else DEFAULT_PORTS
+    address = _ip(host)
+    if address is not None:
+        return Rule(str(address), False, ports, address)
+    wildcard = host.startswith("*.")
+    name = _hostname(host[2:] if wildcard else host)
+    if name is None or "*" in host[2 if wildcard else 0:]:
+        raise ValueError(f"invalid host {text!r}: expected a name, *.domain or an IP address")
+    if wildcard and "." not in name:
+        raise ValueError(f"invalid host {text!r}: a wildcard needs a domain (*.example.com)")
+    return Rule(name, wildcard, ports, None)
+
+
+def parse_rules(texts: Iterable[str]) -> list[Rule]:
+    """parse_rule of each, duplicates dropped, order kept."""
+    seen: dict[Rule, None] = {}
+    for text in texts:
+        seen.setdefault(parse_rule(text), None)
+    return list(seen)
+
+
+def host_allowed(rules: Sequence[Rule], host: str, port: int) -> bool:
+    """True when HOST:PORT (a name or an IP literal from a request) is on the allow-list.
+
+    An IP literal matches only a rule listing that address; a name matches an exact rule or a
+    wildcard of a parent domain, never an IP rule.
+    """
+    address = _ip(host)
+    if address is not None:
+        return any(r.address == address and port in r.ports for r in rules)
+    name = _hostname(host)
+    if name is None:
+        return False
+    for rule in rules:
+        if port not in rule.ports or rule.address is not None:
+            continue
+        if rule.wildcard and name.endswith("." + rule.host):
+            return True
+        if not rule.wildcard and name == rule.host:
+            return True
+    return False
+
+
+def listed_addresses(rules: Sequence[Rule]) -> set[IPAddress]:
+    """The addresses the allow-list names literally (these are never refused as special)."""
+    return {r.address for r in rules if r.address is not None}
+
+
+def address_refusal(address: IPAddress, listed: set[IPAddress],
+                    denied: set[IPAddress]) -> str | None:
+    """Why ADDRESS (what a name resolved to) may not be reached, or None when it may.
+
+    Loopback, link-local (the cloud metadata service lives at 169.254.169.254), unspecified,
+    multicast and the engine host's own addresses (DENIED) are refused unless LISTED literally.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in listed:
+        return None
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_link_local:
+        return "link-local address (cloud metadata)" if str(address) == "169.254.169.254" \
+            else "link-local address"
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        return "special address"
+    if address in denied:
+        return "an address of the engine host"
+    return None
+
+
+def refusal_body(host: str, port: int, reason: str) -> str:
+    """The text of a 403: the host, why, and how to allow it."""
+    shown = f"[{host}]" if ":" in host else host
+    spec = shown if port in DEFAULT_PORTS else f"{shown}:{port}"
+    return (f"sandbox egress: {shown}:{port} refused: {reason}.\n"
+            f"To allow it, start the sandbox with {ALLOW_HINT} {spec} "
+            f"(see `sandbox egress NAME`).\n")
+
+
+# --- the log ---------------------------------------------------------------------------------
+
+class AttemptLog:
+    """JSON lines, one per attempt, in a file that is moved to FILE.1 once it passes MAX_BYTES:
+    at most about twice MAX_BYTES on disk however hard the sandbox hammers the proxy."""
+
+    def __init__(self, path: str | None, max_bytes: int = LOG_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.handle: Any = None
+
+    def _open(self) -> None:
+        assert self.path is not None
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self.handle = os.fdopen(fd, "a", encoding="utf-8")
+        self.size = os.fstat(fd).st_size
+
+    def write(self, **entry: Any) -> None:
+        """Append one attempt (the time is added); never raises."""
+        if self.path is None:
+            return
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry},
+                          ensure_ascii=True) + "\n"
+        try:
+            if self.handle is None:
+                self._open()
+            if self.size + len(line) > self.max_bytes:
+                self.handle.close()
+                os.replace(self.path, self.path + ".1")
+                self._open()
+            self.handle.write(line)
+            self.handle.flush()
+            self.size += len(line)
+        except OSError:
+            self.handle = None  # a full disk must not stop the proxy
+
+
+# --- the proxy ------------------------------------------------------------------------------
+
+class Settings(NamedTuple):
+    """What the proxy program was told on its command line."""
+
+    rules: list[Rule]
+    denied: set[IPAddress]
+    listen: str
+    port: int
+    log: AttemptLog
+    max_connections: int
+    lifetime: float | None
+
+
+def _own_gateways() -> set[IPAddress]:
+    """The gateways in our routing table (bridge addresses of the engine host)."""
+    found: set[IPAddress] = set()
+    try:
+        with open("/proc/net/route", encoding="ascii") as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] != "00000000":
+                    found.add(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1]))
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _head_error(code: int, text: str, body: str = "") -> bytes:
+    body = body or f"sandbox egress: {text}\n"
+    data = body.encode()
+    return (f"HTTP/1.1 {code} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, text: str, host: str = "", port: int = 0,
+                 reason: str = "") -> None:
+        super().__init__(reason or text)
+        self.code, self.text, self.host, self.port, self.reason = code, text, host, port, reason
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
+    """(method, target, version, headers) of a request head, or _Refused(400)."""
+    try:
+        text = head.decode("latin-1")
+        lines = text.split("\r\n")
+        method, target, version = lines[0].split(" ")
+    except ValueError:
+        raise _Refused(400, "Bad Request") from None
+    if not version.startswith("HTTP/1.") or not method.isalpha():
+        raise _Refused(400, "Bad Request")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key or key != key.strip():
+            raise _Refused(400, "Bad Request")
+        headers.append((key, value.strip()))
+    return method.upper(), target, version, headers
+
+
+def _target(method: str, target: str) -> tuple[str, int, str]:
+    """(host, port, origin-form path) of the request's target, or _Refused."""
+    if method == "CONNECT":
+        host, port_text = split_host_port(target)
+        if port_text is None:
+            raise _Refused(400, "Bad Request")
+        try:
+            return host.lower(), _port(port_text), ""
+        except ValueError:
+            raise _Refused(400, "Bad Request") from None
+    if not target.lower().startswith("http://"):
+        # origin form (a request to the proxy itself) or https:// without CONNECT
+        raise _Refused(400, "Bad Request", reason="only CONNECT and absolute http:// URLs")
+    rest = target[7:]
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))
+    authority, path = rest[:cut], rest[cut:] or "/"
+    if "@" in authority:
+        raise _Refused(400, "Bad Request", reason="credentials in URL")
+    try:
+        host, port_text = split_host_port(authority)
+        port = _port(port_text) if port_text is not None else 80
+    except ValueError:
+        raise _Refused(400, "Bad Request") from None
+    if path.startswith("#"):
+        path = "/"
+    elif not path.startswith("/"):
+        path = "/" + path
+    return host.lower(), port, path.split("#", 1)[0]
+
+
+async def _resolve(settings: Settings, host: str, port: int) -> list[tuple[Any, ...]]:
+    """Addresses to try for HOST:PORT after the checks, or _Refused(403/502)."""
+    import asyncio
+    import socket
+
+    listed = listed_addresses(settings.rules)
+    literal = _ip(host)
+    if literal is not None:
+        infos = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET,
+                  (str(literal), port))]
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            raise _Refused(502, "Bad Gateway", host, port, "name does not resolve") from None
+        infos = [(family, (str(addr[0]), int(addr[1]))) for family, _, _, _, addr in found]
+    allowed, reasons = [], []
+    for family, addr in infos:
+        reason = address_refusal(ipaddress.ip_address(addr[0].split("%")[0]), listed,
+                                 settings.denied)
+        if reason is None:
+            allowed.append((family, addr))
+        else:
+            reasons.append(f"{addr[0]} is a {reason}" if not reason.startswith("an ")
+                           else f"{addr[0]} is {reason}")
+    if not allowed:
+        raise _Refused(403, "Forbidden", host, port, "; ".join(dict.fromkeys(reasons))
+                       or "no address")
+    return allowed
+
+
+async def _connect(addresses: list[tuple[Any, ...]], host: str, port: int) -> tuple[Any, Any]:
+    import asyncio
+
+    last = "unreachable"
+    for _family, addr in addresses:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(addr[0], addr[1], limit=RELAY_CHUNK), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            last = "connection timed out"
+        except OSError as exc:
+            last = exc.strerror or "connection failed"
+    raise _Refused(502, "Bad Gateway", host, port, f"cannot connect: {last}")
+
+
+async def _pipe(reader: Any, writer: Any) -> None:
+    """Copy READER to WRITER until EOF or IDLE_TIMEOUT without data; buffers stay bounded."""
+    import asyncio
+
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(RELAY_CHUNK), IDLE_TIMEOUT)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()  # back-pressure: never more than a buffer or so in flight
+    except (OSError, asyncio.TimeoutError, ConnectionError):
+        pass
+    finally:
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            pass
+
+
+async def _relay(client: tuple[Any, Any], upstream: tuple[Any, Any]) -> None:
+    import asyncio
+
+    tasks = [asyncio.ensure_future(_pipe(client[0], upstream[1])),
+             asyncio.ensure_future(_pipe(upstream[0], client[1]))]
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # One direction ended: give the other a moment (a response after the request's EOF),
+        # bounded by the idle timeout inside _pipe.
+        if pending:
+            await asyncio.wait(pending)
+    finally:
+        for task in tasks:
+            task.cancel()
+        upstream[1].close()
+
+
+def _forward_head(method: str, path: str, version: str, headers: list[tuple[str, str]],
+                  host: str, port: int) -> bytes:
+    """The request as the origin server gets it: origin-form path, no proxy headers, one
+    request per connection (so keep-alive cannot carry a second request elsewhere)."""
+    drop = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
+    lines = [f"{method} {path} {version}"]
+    has_host = False
+    for key, value in headers:
+        low = key.lower()
+        if low in drop:
+            continue
+        if low == "host":
+            has_host = True
+        lines.append(f"{key}: {value}")
+    if not has_host:
+        shown = f"[{host}]" if ":" in host else host
+        lines.append(f"Host: {shown}" + ("" if port == 80 else f":{port}"))
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _serve(settings: Settings, reader: Any, writer: Any) -> None:
+    """One client connection: read the head, check, connect, relay."""
+    import asyncio
+
+    method, host, port = "", "", 0
+    try:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            return
+        except asyncio.LimitOverrunError:
+            raise _Refused(431, "Request Header Fields Too Large") from None
+        method, target, version, headers = _parse_head(head[:-4])
+        host, port, path = _target(method, target)
+        if not host_allowed(settings.rules, host, port):
+            why = ("IP addresses must be listed literally" if _ip(host) is not None
+                   else "not on the allow-list")
+            raise _Refused(403, "Forbidden", host, port, why)
+        addresses = await _resolve(settings, host, port)
+        up_reader, up_writer = await _connect(addresses, host, port)
+        settings.log.write(host=host, port=port, verdict="allowed", method=method)
+        if method == "CONNECT":
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            up_writer.write(_forward_head(method, path, version, headers, host, port))
+        await _relay((reader, writer), (up_reader, up_writer))
+    except _Refused as refused:
+        if refused.host:
+            settings.log.write(host=refused.host, port=refused.port, verdict="refused",
+                               method=method, reason=refused.reason)
+        body = (refusal_body(refused.host, refused.port, refused.reason)
+                if refused.code == 403 else "")
+        if refused.code == 400 and refused.reason:
+            body = f"sandbox egress: {refused.reason}\n"
+        if refused.code == 502:
+            body = f"sandbox egress: {refused.host}:{refused.port}: {refused.reason}\n"
+        try:
+            writer.write(_head_error(refused.code, refused.text, body))
+            await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            pass
+    except (OSError, ConnectionError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _main(settings: Settings) -> None:
+    import asyncio
+
+    active = 0
+
+    async def handle(reader: Any, writer: Any) -> None:
+        nonlocal active
+        if active >= settings.max_connections:
+            # Bounded: refuse at once instead of queueing (a flood costs a few bytes each).
+            try:
+                writer.write(_head_error(503, "Service Unavailable",
+                                         "sandbox egress: too many connections\n"))
+                writer.close()
+            except OSError:
+                pass
+            return
+        active += 1
+        try:
+            await _serve(settings, reader, writer)
+        finally:
+            active -= 1
+
+    server = await asyncio.start_server(handle, settings.listen, settings.port,
+                                        limit=MAX_HEAD, backlog=settings.max_connections,
+                                        reuse_address=True)
+    async with server:
+        if settings.lifetime is None:
+            await server.serve_forever()
+        else:
+            await asyncio.wait_for(server.serve_forever(), settings.lifetime)
+
+
+def _listen_address(alias: str) -> str:
+    """Our address on the sandbox's internal network: what ALIAS (a network alias only that
+    network knows) resolves to. Never 0.0.0.0: the egress network must not reach us."""
+    import socket
+
+    for _ in range(50):
+        try:
+            return str(socket.getaddrinfo(alias, None, socket.AF_INET)[0][4][0])
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"egress proxy: cannot resolve {alias!r} to listen on")
+
+
+def _arguments(argv: Sequence[str]) -> Settings:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="egress_proxy")
+    parser.add_argument("--alias", required=True)
+    parser.add_argument("--port", type=int, default=PROXY_PORT)
+    parser.add_argument("--allow", action="append", default=[])
+    parser.add_argument("--deny-addr", action="append", default=[])
+    parser.add_argument("--log")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
+    parser.add_argument("--lifetime", type=float)
+    args = parser.parse_args(argv)
+    denied = {a for a in (_ip(text) for text in args.deny_addr) if a is not None}
+    return Settings(parse_rules(args.allow), denied | _own_gateways(), _listen_address(args.alias),
+                    args.port, AttemptLog(args.log), args.max_connections, args.lifetime)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the proxy until its lifetime ends (or forever); exit 0 then."""
+    import asyncio
+
+    settings = _arguments(sys.argv[1:] if argv is None else argv)
+    with contextlib.suppress(asyncio.TimeoutError, KeyboardInterrupt):  # lifetime over
+        asyncio.run(_main(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
