@@ -9,6 +9,7 @@ failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -163,7 +164,8 @@ def ebox(upstream: Upstream, egress_home: Home) -> str:
     return name
 
 
-def _py(home: Home, name: str, code: str, timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+def _py(home: Home, name: str, code: str,
+        timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
     return home("exec", "--timeout", str(int(timeout) - 10), name, "python3", "-c", code,
                 timeout=timeout)
 
@@ -285,6 +287,53 @@ for host in ("exfil.example.com", "allowed.example.test", "denied.example.test")
     assert docker_inspect(ebox, "{{json .HostConfig.Dns}}") == '["127.0.0.1"]'
 
 
+FAKE_DNS = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 53))
+while True:
+    data, addr = s.recvfrom(4096)
+    i, labels = 12, []
+    while data[i]:
+        labels.append(data[i + 1:i + 1 + data[i]].decode(errors="replace")); i += 1 + data[i]
+    print("QUERY", ".".join(labels), flush=True)
+"""
+
+
+def test_embedded_dns_forwarding_is_closed(docker_engine: None) -> None:
+    """What Docker 20.10's embedded DNS (127.0.0.11) does on an --internal network: it forwards
+    outside names to its upstream servers from the container's own network namespace, so an
+    upstream reachable there receives the query (the control below). The sandbox's options
+    (egress.sandbox_network_options: --dns 127.0.0.1) send it nowhere, even then."""
+    from sandbox_cli import egress
+
+    tag = uuid.uuid4().hex[:8]
+    net, dns = f"sandbox-test-dns-{tag}", f"sandbox-test-dns-{tag}-server"
+    try:
+        _docker("network", "create", "--internal", "--label", "sandbox-test=1", net)
+        # A DNS "upstream" that logs queries, on the tests' own internal network (port 53).
+        _docker("run", "-d", "--rm", "--name", dns, "--label", "sandbox-test=1", "--network",
+                net, "--entrypoint", "python3", PYTHON_IMAGE, "-u", "-c", FAKE_DNS)
+        ip = _docker("inspect", "-f",
+                     f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}', dns)
+        plan = egress.Plan(sandbox="x", home_label="x", network=net, proxy="x", allow=[],
+                           egress_network="bridge", image=PYTHON_IMAGE, user="65534:65534",
+                           log_dir="/nonexistent", lifetime=None)
+        resolve = ["python3", "-c", "import socket,sys\ntry: socket.getaddrinfo(sys.argv[1], 80)"
+                   "\nexcept OSError: pass"]
+        ours = egress.sandbox_network_options(plan)
+        _docker("run", "--rm", "--user", "65534:65534", *ours, "--entrypoint", resolve[0],
+                PYTHON_IMAGE, *resolve[1:], "sandbox-query.example.com", timeout=60)
+        control = ["--network", net, "--dns", ip]
+        _docker("run", "--rm", "--user", "65534:65534", *control, "--entrypoint", resolve[0],
+                PYTHON_IMAGE, *resolve[1:], "control-query.example.com", timeout=60)
+        logs = _docker("logs", dns)
+        assert "QUERY control-query.example.com" in logs  # the engine forwards (the hole)
+        assert "sandbox-query" not in logs  # ... but not with the sandbox's options
+    finally:
+        _docker("rm", "-f", dns, check=False)
+        _docker("network", "rm", net, check=False)
+
+
 def test_engine_host_unreachable_from_sandbox(egress_home: Home, ebox: str,
                                               upstream: Upstream) -> None:
     """Docker 20.10 routes an --internal network's containers to the host's bridge address;
@@ -298,10 +347,8 @@ def test_engine_host_unreachable_from_sandbox(egress_home: Home, ebox: str,
     accepted: list[Any] = []
 
     def accept() -> None:
-        try:
+        with contextlib.suppress(OSError):
             accepted.append(listener.accept())
-        except OSError:
-            pass
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -362,8 +409,8 @@ def test_proxy_is_locked_down_and_listens_on_internal_network_only(
     assert probe.returncode != 0
     # The sandbox sits on one network, the internal one, with the proxy variables set.
     networks = json.loads(docker_inspect(ebox, "{{json .NetworkSettings.Networks}}"))
-    assert len(networks) == 1 and list(networks)[0].startswith("sandbox-egress-")
-    internal = list(networks)[0]
+    assert len(networks) == 1 and next(iter(networks)).startswith("sandbox-egress-")
+    internal = next(iter(networks))
     assert _docker("network", "inspect", "-f", "{{.Internal}}", internal) == "true"
     env = _py(egress_home, ebox, "import os; print(os.environ['HTTPS_PROXY'], "
               "os.environ['no_proxy'])").stdout.decode()
