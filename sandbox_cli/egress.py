@@ -45,6 +45,8 @@ PROXY_ALIAS = "egress-proxy"
 PROXY_PROGRAM = "/sandbox-egress/proxy.py"
 PROXY_LOG_DIR = "/log"
 LOG_FILE = "egress.log"
+READY_FILE = "ready"
+READY_TIMEOUT = 20.0
 DEFAULT_EGRESS_NETWORK = "bridge"
 DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -154,10 +156,12 @@ def proxy_program_path() -> str:
 
 
 def proxy_run_argv(plan: Plan) -> list[str]:
-    """`docker run -d` of the proxy: locked down as the sandbox is, on the internal network
-    (the egress network is connected next), living as long as the sandbox does."""
+    """`docker run -d` of the proxy: locked down as the sandbox is, on the egress network (the
+    internal one is connected next, while the sandbox starts), living as long as the sandbox
+    does. It listens once it finds its alias on the internal network, then says so in a file
+    `ready` of its log folder."""
     args = ["--alias", PROXY_ALIAS, "--port", str(PROXY_PORT),
-            "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}"]
+            "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}", "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}"]
     for rule in plan.allow:
         args += ["--allow", rule]
     for address in plan.deny:
@@ -167,7 +171,7 @@ def proxy_run_argv(plan: Plan) -> list[str]:
     return [
         docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
         "--name", plan.proxy, *_labels(plan.home_label, plan.sandbox, managed=False),
-        "--network", plan.network, "--network-alias", PROXY_ALIAS,
+        "--network", plan.egress_network,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
         "--read-only", "--pids-limit", str(PROXY_PIDS),
         "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
@@ -181,8 +185,10 @@ def proxy_run_argv(plan: Plan) -> list[str]:
 
 
 def network_connect_argv(network_name: str, container: str) -> list[str]:
-    """`docker network connect NETWORK CONTAINER`."""
-    return [docker.docker_binary(), "network", "connect", network_name, container]
+    """`docker network connect --alias egress-proxy NETWORK CONTAINER` (the alias is the
+    proxy's name for the sandbox, known on that network only)."""
+    return [docker.docker_binary(), "network", "connect", "--alias", PROXY_ALIAS, network_name,
+            container]
 
 
 def sandbox_network_options(plan: Plan) -> list[str]:
@@ -263,52 +269,79 @@ def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
         os.chown(plan.log_dir, *owner)
 
 
-def _start_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
-    """Run the proxy (pulling its image once if missing) and connect it to the egress network;
-    returns its container id."""
+def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Run the proxy (pulling its image once if missing); returns its container id."""
     from .errors import ImageError
 
     try:
-        proxy_id = docker.run_docker(proxy_run_argv(plan)).stdout.strip()
-    except ImageError:
-        pull(plan.image)
-        proxy_id = docker.run_docker(proxy_run_argv(plan)).stdout.strip()
-    try:
-        docker.run_docker(network_connect_argv(plan.egress_network, proxy_id))
+        try:
+            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+        except ImageError:
+            pull(plan.image)
+            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
     except DockerError as exc:
-        if "not found" in exc.stderr.lower():
+        low = exc.stderr.lower()
+        if "network" in low and "not found" in low:
             raise InvalidInput(f"egress network {plan.egress_network!r} not found "
                                "(see `docker network ls`)") from None
+        if "executable file not found" in low or "no such file" in low:
+            raise InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
+                               "choose one with --proxy-image") from None
         raise
-    return proxy_id
+
+
+def _wait_ready(plan: Plan) -> None:
+    """Until the proxy listens (its `ready` file appears), bounded."""
+    import time
+
+    path = os.path.join(plan.log_dir, READY_FILE)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not os.path.lexists(path):
+        if time.monotonic() > deadline:
+            raise DockerError(f"the egress proxy of {plan.sandbox!r} did not start listening "
+                              f"within {READY_TIMEOUT:g}s (see `docker logs {plan.proxy}`)",
+                              [], 1, "")
+        time.sleep(0.005)
 
 
 @contextmanager
 def provisioned(plan: Plan, owner: tuple[int, int] | None,
                 pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """Create PLAN's network, then start its proxy in the background while the body starts the
-    sandbox (they need each other only at the first request). Yields a dict that holds the
-    proxy's id once the block ends; a failure of the proxy is raised then. The caller removes
-    what was made when anything fails (`remove`, after the sandbox's container: a network
-    cannot be removed while the sandbox is on it)."""
+    """Start PLAN's proxy (on the egress network) in the background while the internal network
+    is created and the body starts the sandbox on it; the proxy joins the internal network as
+    soon as it exists. When the block ends, the proxy listens (or its failure is raised). The
+    caller removes what was made when anything fails (`remove`, after the sandbox's
+    container: a network cannot be removed while the sandbox is on it)."""
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
+    network_made = threading.Event()
+    network_failed = threading.Event()
 
     def work() -> None:
         try:
-            result["proxy_id"] = _start_proxy(plan, pull)
+            result["proxy_id"] = proxy_id = _run_proxy(plan, pull)
+            network_made.wait()
+            if network_failed.is_set():
+                return
+            docker.run_docker(network_connect_argv(plan.network, proxy_id))
+            _wait_ready(plan)
         except BaseException as exc:  # handed to the main thread
             failure.append(exc)
 
     _make_log_dir(plan, owner)
-    try:
-        docker.run_docker(network_create_argv(plan))
-    except DockerError as exc:
-        raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
-                          exc.argv, exc.returncode, exc.stderr) from None
     worker = threading.Thread(target=work, name="egress-proxy", daemon=True)
     worker.start()
     try:
+        try:
+            docker.run_docker(network_create_argv(plan))
+        except BaseException as exc:
+            network_failed.set()
+            if isinstance(exc, DockerError):
+                raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
+                                  exc.argv, exc.returncode, exc.stderr) from None
+            raise
+        finally:
+            network_made.set()
         yield result
     finally:
         worker.join()  # also after a failure: the caller's cleanup must not race the proxy

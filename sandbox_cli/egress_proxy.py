@@ -245,6 +245,7 @@ class Settings(NamedTuple):
     log: AttemptLog
     max_connections: int
     lifetime: float | None
+    ready: str | None
 
 
 def _own_gateways() -> set[IPAddress]:
@@ -361,57 +362,98 @@ async def _resolve(settings: Settings, host: str, port: int) -> list[tuple[Any, 
     return allowed
 
 
-async def _connect(addresses: list[tuple[Any, ...]], host: str, port: int) -> tuple[Any, Any]:
+class _Relay:
+    """The two sockets of one proxied connection. Bytes are handed from one transport to the
+    other as they arrive (no coroutine per chunk: this is what keeps the proxy near wire
+    speed); a full write buffer pauses reading on the other side, so each connection holds at
+    most a read and a write buffer per direction. Idle for IDLE_TIMEOUT: both are closed."""
+
+    def __init__(self, loop: Any, on_close: Any) -> None:
+        self.loop = loop
+        self.on_close = on_close
+        self.sides: list[_Side] = []
+        self.last = loop.time()
+        self.closed = False
+        self.timer = loop.call_later(IDLE_TIMEOUT, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle >= IDLE_TIMEOUT:
+            self.close()
+        else:
+            self.timer = self.loop.call_later(IDLE_TIMEOUT - idle, self._check_idle)
+
+    def close(self) -> None:
+        """Close both sides (buffered data is still flushed) and release the slot once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.timer.cancel()
+        for side in self.sides:
+            if side.transport is not None:
+                side.transport.close()
+        self.on_close()
+
+
+class _Side:
+    """asyncio protocol of one socket of a _Relay."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        self.transport: Any = None
+        self.peer: _Side | None = None
+        self.eof = False
+        relay.sides.append(self)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.last = self.relay.loop.time()
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.eof:
+            self.relay.close()
+            return False
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()  # half-close: the answer may still come back
+        return True
+
+    def pause_writing(self) -> None:  # our socket is full: stop reading the other one
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.relay.close()
+
+
+async def _connect(loop: Any, relay: _Relay, addresses: list[tuple[Any, ...]], host: str,
+                   port: int) -> _Side:
+    """The upstream side of RELAY, connected to the first address that answers."""
     import asyncio
 
     last = "unreachable"
     for _family, addr in addresses:
+        side = _Side(relay)
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(addr[0], addr[1], limit=RELAY_CHUNK), CONNECT_TIMEOUT)
+            await asyncio.wait_for(
+                loop.create_connection(lambda side=side: side, addr[0], addr[1]),
+                CONNECT_TIMEOUT)
+            return side
         except asyncio.TimeoutError:
             last = "connection timed out"
         except OSError as exc:
             last = exc.strerror or "connection failed"
+        relay.sides.remove(side)
     raise _Refused(502, "Bad Gateway", host, port, f"cannot connect: {last}")
-
-
-async def _pipe(reader: Any, writer: Any) -> None:
-    """Copy READER to WRITER until EOF or IDLE_TIMEOUT without data; buffers stay bounded."""
-    import asyncio
-
-    try:
-        while True:
-            data = await asyncio.wait_for(reader.read(RELAY_CHUNK), IDLE_TIMEOUT)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()  # back-pressure: never more than a buffer or so in flight
-    except (OSError, asyncio.TimeoutError, ConnectionError):
-        pass
-    finally:
-        try:
-            if writer.can_write_eof():
-                writer.write_eof()
-        except OSError:
-            pass
-
-
-async def _relay(client: tuple[Any, Any], upstream: tuple[Any, Any]) -> None:
-    import asyncio
-
-    tasks = [asyncio.ensure_future(_pipe(client[0], upstream[1])),
-             asyncio.ensure_future(_pipe(upstream[0], client[1]))]
-    try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        # One direction ended: give the other a moment (a response after the request's EOF),
-        # bounded by the idle timeout inside _pipe.
-        if pending:
-            await asyncio.wait(pending)
-    finally:
-        for task in tasks:
-            task.cancel()
-        upstream[1].close()
 
 
 def _forward_head(method: str, path: str, version: str, headers: list[tuple[str, str]],
@@ -435,78 +477,151 @@ def _forward_head(method: str, path: str, version: str, headers: list[tuple[str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _serve(settings: Settings, reader: Any, writer: Any) -> None:
-    """One client connection: read the head, check, connect, relay."""
-    import asyncio
+class _Client:
+    """asyncio protocol of an accepted connection until its request head is read; then the
+    connection becomes one side of a _Relay."""
 
-    method, host, port = "", "", 0
-    try:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+    def __init__(self, proxy: _Proxy) -> None:
+        self.proxy = proxy
+        self.transport: Any = None
+        self.buffer = bytearray()
+        self.task: Any = None
+        self.timer: Any = None
+        self.counted = False
+        self.eof = False
+        self.relay: _Relay | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self.proxy.active >= self.proxy.settings.max_connections:
+            # Bounded: refuse at once rather than queue (a flood costs a few bytes each).
+            transport.write(_head_error(503, "Service Unavailable",
+                                        "sandbox egress: too many connections\n"))
+            transport.close()
             return
-        except asyncio.LimitOverrunError:
-            raise _Refused(431, "Request Header Fields Too Large") from None
-        method, target, version, headers = _parse_head(head[:-4])
-        host, port, path = _target(method, target)
-        if not host_allowed(settings.rules, host, port):
-            why = ("IP addresses must be listed literally" if _ip(host) is not None
-                   else "not on the allow-list")
-            raise _Refused(403, "Forbidden", host, port, why)
-        addresses = await _resolve(settings, host, port)
-        up_reader, up_writer = await _connect(addresses, host, port)
-        settings.log.write(host=host, port=port, verdict="allowed", method=method)
-        if method == "CONNECT":
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.proxy.active += 1
+        self.counted = True
+        self.timer = self.proxy.loop.call_later(HEAD_TIMEOUT, transport.close)
+
+    def release(self) -> None:
+        """Give the connection slot back (once)."""
+        if self.counted:
+            self.counted = False
+            self.proxy.active -= 1
+
+    def data_received(self, data: bytes) -> None:
+        if self.task is not None:  # head read, upstream being opened: keep what follows
+            self.buffer += data
+            if len(self.buffer) > MAX_HEAD:
+                self.transport.pause_reading()
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                self._fail(_Refused(431, "Request Header Fields Too Large"), "")
+            return
+        if end > MAX_HEAD:
+            self._fail(_Refused(431, "Request Header Fields Too Large"), "")
+            return
+        head = bytes(self.buffer[:end])
+        del self.buffer[:end + 4]
+        self.timer.cancel()
+        self.task = self.proxy.loop.create_task(self._open(head))
+
+    def eof_received(self) -> bool:
+        if self.task is None:
+            self.transport.close()
+        self.eof = True
+        return True  # after the head: the request's EOF is passed on once connected
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.relay is None:
+            self.release()
         else:
-            up_writer.write(_forward_head(method, path, version, headers, host, port))
-        await _relay((reader, writer), (up_reader, up_writer))
-    except _Refused as refused:
+            self.relay.close()
+
+    def _fail(self, refused: _Refused, method: str) -> None:
+        settings = self.proxy.settings
         if refused.host:
             settings.log.write(host=refused.host, port=refused.port, verdict="refused",
                                method=method, reason=refused.reason)
-        body = (refusal_body(refused.host, refused.port, refused.reason)
-                if refused.code == 403 else "")
-        if refused.code == 400 and refused.reason:
+        body = ""
+        if refused.code == 403:
+            body = refusal_body(refused.host, refused.port, refused.reason)
+        elif refused.code == 400 and refused.reason:
             body = f"sandbox egress: {refused.reason}\n"
-        if refused.code == 502:
+        elif refused.code == 502:
             body = f"sandbox egress: {refused.host}:{refused.port}: {refused.reason}\n"
+        self.transport.write(_head_error(refused.code, refused.text, body))
+        self.transport.close()
+
+    async def _open(self, head: bytes) -> None:
+        settings, loop = self.proxy.settings, self.proxy.loop
+        method = ""
+        relay = _Relay(loop, self.release)
         try:
-            writer.write(_head_error(refused.code, refused.text, body))
-            await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
-            pass
-    except (OSError, ConnectionError, asyncio.TimeoutError):
-        pass
-    finally:
-        writer.close()
+            method, target, version, headers = _parse_head(head)
+            host, port, path = _target(method, target)
+            if not host_allowed(settings.rules, host, port):
+                why = ("IP addresses must be listed literally" if _ip(host) is not None
+                       else "not on the allow-list")
+                raise _Refused(403, "Forbidden", host, port, why)
+            addresses = await _resolve(settings, host, port)
+            upstream = await _connect(loop, relay, addresses, host, port)
+        except _Refused as refused:
+            relay.closed = True  # nothing to close: the slot is released by connection_lost
+            relay.timer.cancel()
+            self._fail(refused, method)
+            return
+        if self.transport.is_closing():
+            relay.close()
+            return
+        settings.log.write(host=host, port=port, verdict="allowed", method=method)
+        client = _Side(relay)
+        client.transport = self.transport
+        client.peer, upstream.peer = upstream, client
+        self.relay = relay
+        self.transport.set_protocol(client)
+        if method == "CONNECT":
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            upstream.transport.write(_forward_head(method, path, version, headers, host, port))
+        if self.buffer:
+            upstream.transport.write(bytes(self.buffer))
+            self.buffer.clear()
+        if self.eof:
+            client.eof = True
+            if upstream.transport.can_write_eof():
+                upstream.transport.write_eof()
+        else:
+            self.transport.resume_reading()
 
 
-async def _main(settings: Settings) -> None:
+class _Proxy:
+    """The listening side: settings, the loop and the count of open connections."""
+
+    def __init__(self, settings: Settings, loop: Any) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.active = 0
+
+
+async def _main(settings: Settings, ready: str | None = None) -> None:
     import asyncio
 
-    active = 0
-
-    async def handle(reader: Any, writer: Any) -> None:
-        nonlocal active
-        if active >= settings.max_connections:
-            # Bounded: refuse at once instead of queueing (a flood costs a few bytes each).
-            try:
-                writer.write(_head_error(503, "Service Unavailable",
-                                         "sandbox egress: too many connections\n"))
-                writer.close()
-            except OSError:
-                pass
-            return
-        active += 1
-        try:
-            await _serve(settings, reader, writer)
-        finally:
-            active -= 1
-
-    server = await asyncio.start_server(handle, settings.listen, settings.port,
-                                        limit=MAX_HEAD, backlog=settings.max_connections,
-                                        reuse_address=True)
+    loop = asyncio.get_running_loop()
+    proxy = _Proxy(settings, loop)
+    # The protocols are duck-typed (asyncio is not imported where the rules are used).
+    server = await loop.create_server(lambda: _Client(proxy),  # type: ignore[arg-type,return-value]
+                                      settings.listen, settings.port,
+                                      backlog=settings.max_connections, reuse_address=True)
+    if ready:  # tells `sandbox start` (which waits for it) that requests can come
+        os.close(os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     async with server:
         if settings.lifetime is None:
             await server.serve_forever()
@@ -519,11 +634,12 @@ def _listen_address(alias: str) -> str:
     network knows) resolves to. Never 0.0.0.0: the egress network must not reach us."""
     import socket
 
-    for _ in range(50):
+    # The internal network is connected just after we start: until then the alias is unknown.
+    for _ in range(1000):
         try:
             return str(socket.getaddrinfo(alias, None, socket.AF_INET)[0][4][0])
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.02)
     raise SystemExit(f"egress proxy: cannot resolve {alias!r} to listen on")
 
 
@@ -538,10 +654,11 @@ def _arguments(argv: Sequence[str]) -> Settings:
     parser.add_argument("--log")
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
     parser.add_argument("--lifetime", type=float)
+    parser.add_argument("--ready")
     args = parser.parse_args(argv)
     denied = {a for a in (_ip(text) for text in args.deny_addr) if a is not None}
-    return Settings(parse_rules(args.allow), denied | _own_gateways(), _listen_address(args.alias),
-                    args.port, AttemptLog(args.log), args.max_connections, args.lifetime)
+    return Settings(parse_rules(args.allow), denied, _listen_address(args.alias), args.port,
+                    AttemptLog(args.log), args.max_connections, args.lifetime, args.ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -549,8 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import asyncio
 
     settings = _arguments(sys.argv[1:] if argv is None else argv)
+    settings.denied.update(_own_gateways())  # both networks are attached by now
     with contextlib.suppress(asyncio.TimeoutError, KeyboardInterrupt):  # lifetime over
-        asyncio.run(_main(settings))
+        asyncio.run(_main(settings, settings.ready))
     return 0
 
 

@@ -202,13 +202,14 @@ def test_proxy_argv_is_locked_down() -> None:
     joined = " ".join(argv)
     for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
                  "--user 65534:65534", "--read-only", "--pids-limit", "--memory 64m",
-                 "--memory-swap 64m", "--no-healthcheck", "--network sandbox-egress-box-1",
-                 "--network-alias egress-proxy", "--allow pypi.org", "--deny-addr 192.0.2.2",
+                 "--memory-swap 64m", "--no-healthcheck", "--network bridge",
+                 "--ready /log/ready", "--allow pypi.org", "--deny-addr 192.0.2.2",
                  "--lifetime 3600", f"source={egress.proxy_program_path()},target="
                  f"{egress.PROXY_PROGRAM},readonly"):
         assert flag in joined, flag
     assert "sandbox-cli.managed=1" not in argv  # not a sandbox to ls or purge
     assert "--lifetime" not in egress.proxy_run_argv(_plan(lifetime=None))
+    assert egress.network_connect_argv("net", "p")[-4:] == ["--alias", "egress-proxy", "net", "p"]
     assert os.path.isfile(egress.proxy_program_path())
 
 
