@@ -46,11 +46,12 @@ PROXY_PROGRAM = "/sandbox-egress/proxy.py"
 PROXY_LOG_DIR = "/log"
 LOG_FILE = "egress.log"
 READY_FILE = "ready"
+LISTEN_FILE = "listen"
 READY_TIMEOUT = 20.0
 DEFAULT_EGRESS_NETWORK = "bridge"
 DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
 NO_PROXY = "localhost,127.0.0.1,::1"
-PROXY_MEMORY = "64m"
+PROXY_MEMORY = "128m"  # 64 connections of ~1 MiB of buffers each, and python
 PROXY_PIDS = 32
 READ_LIMIT = 4 << 20  # bytes of log read per file at most
 SWEEP_MIN_AGE_SECONDS = 60
@@ -158,10 +159,11 @@ def proxy_program_path() -> str:
 def proxy_run_argv(plan: Plan) -> list[str]:
     """`docker run -d` of the proxy: locked down as the sandbox is, on the egress network (the
     internal one is connected next, while the sandbox starts), living as long as the sandbox
-    does. It listens once it finds its alias on the internal network, then says so in a file
-    `ready` of its log folder."""
-    args = ["--alias", PROXY_ALIAS, "--port", str(PROXY_PORT),
-            "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}", "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}"]
+    does. It listens on the address written to `listen` in its log folder (its address on the
+    internal network, once connected), then says so in a file `ready` there."""
+    args = ["--port", str(PROXY_PORT), "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}",
+            "--listen-file", f"{PROXY_LOG_DIR}/{LISTEN_FILE}",
+            "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}"]
     for rule in plan.allow:
         args += ["--allow", rule]
     for address in plan.deny:
@@ -290,6 +292,23 @@ def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
         raise
 
 
+def _tell_listen_address(plan: Plan, proxy_id: str) -> None:
+    """Write the proxy's address on the internal network where the proxy waits for it."""
+    import ipaddress
+
+    raw = docker.run_docker(docker.networks_argv(proxy_id)).stdout
+    try:
+        address = str(ipaddress.ip_address(json.loads(raw)[plan.network]["IPAddress"]))
+    except (ValueError, KeyError, TypeError):
+        raise DockerError(f"the egress proxy of {plan.sandbox!r} has no address on its "
+                          "internal network", [], 1, raw) from None
+    tmp = os.path.join(plan.log_dir, f".{LISTEN_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(address + "\n")
+    os.replace(tmp, os.path.join(plan.log_dir, LISTEN_FILE))
+
+
 def _wait_ready(plan: Plan) -> None:
     """Until the proxy listens (its `ready` file appears), bounded."""
     import time
@@ -324,6 +343,7 @@ def provisioned(plan: Plan, owner: tuple[int, int] | None,
             if network_failed.is_set():
                 return
             docker.run_docker(network_connect_argv(plan.network, proxy_id))
+            _tell_listen_address(plan, proxy_id)
             _wait_ready(plan)
         except BaseException as exc:  # handed to the main thread
             failure.append(exc)

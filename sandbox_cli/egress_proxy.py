@@ -4,8 +4,8 @@ This file is two things. Imported (by `sandbox_cli.egress` and the tests), it of
 allow-list rules: `parse_rule`, `host_allowed`, `address_refusal`. Run as a program (mounted
 read-only into the proxy container and started with that image's python3), it is the proxy:
 
-    python3 egress_proxy.py --alias egress-proxy --port 3128 --allow 'pypi.org' \
-        --deny-addr 192.0.2.2 --log /log/egress.log [--lifetime SECONDS]
+    python3 egress_proxy.py --port 3128 --allow 'pypi.org' --deny-addr 192.0.2.2 \
+        --log /log/egress.log --listen-file /log/listen --ready /log/ready [--lifetime S]
 
 It accepts `CONNECT host:port` (HTTPS and any TLS tunnel) and plain-HTTP requests in absolute
 form (`GET http://host/path`) for listed names and ports only, resolves names itself, and
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 DEFAULT_PORTS = (80, 443)
 PROXY_PORT = 3128
 MAX_HEAD = 16 * 1024  # request line and headers
-RELAY_CHUNK = 64 * 1024
+WRITE_HIGH_WATER = 256 * 1024  # per socket: with asyncio's 256 KiB reads, ~1 MiB a connection
 MAX_CONNECTIONS = 64
 HEAD_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
@@ -407,6 +407,7 @@ class _Side:
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         self.relay.last = self.relay.loop.time()
@@ -583,7 +584,7 @@ class _Client:
             return
         settings.log.write(host=host, port=port, verdict="allowed", method=method)
         client = _Side(relay)
-        client.transport = self.transport
+        client.connection_made(self.transport)
         client.peer, upstream.peer = upstream, client
         self.relay = relay
         self.transport.set_protocol(client)
@@ -629,25 +630,28 @@ async def _main(settings: Settings, ready: str | None = None) -> None:
             await asyncio.wait_for(server.serve_forever(), settings.lifetime)
 
 
-def _listen_address(alias: str) -> str:
-    """Our address on the sandbox's internal network: what ALIAS (a network alias only that
-    network knows) resolves to. Never 0.0.0.0: the egress network must not reach us."""
-    import socket
-
-    # The internal network is connected just after we start: until then the alias is unknown.
-    for _ in range(1000):
+def _listen_address(path: str, timeout: float = 60.0) -> str:
+    """Our address on the sandbox's internal network, which is connected just after we start
+    (on the egress network): `sandbox start` writes it to PATH once Docker has given it.
+    Never 0.0.0.0: the egress network must not reach us. (Watching for a new interface would
+    race with the connection; resolving our alias would wait out the host's resolver first.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            return str(socket.getaddrinfo(alias, None, socket.AF_INET)[0][4][0])
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"egress proxy: cannot resolve {alias!r} to listen on")
+            with open(path, encoding="ascii") as handle:
+                address = _ip(handle.read(64).strip())
+        except (OSError, ValueError):
+            address = None
+        if address is not None:
+            return str(address)
+        time.sleep(0.005)
+    raise SystemExit("egress proxy: the internal network was never connected")
 
 
 def _arguments(argv: Sequence[str]) -> Settings:
     import argparse
 
     parser = argparse.ArgumentParser(prog="egress_proxy")
-    parser.add_argument("--alias", required=True)
     parser.add_argument("--port", type=int, default=PROXY_PORT)
     parser.add_argument("--allow", action="append", default=[])
     parser.add_argument("--deny-addr", action="append", default=[])
@@ -655,9 +659,10 @@ def _arguments(argv: Sequence[str]) -> Settings:
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
     parser.add_argument("--lifetime", type=float)
     parser.add_argument("--ready")
+    parser.add_argument("--listen-file", required=True)
     args = parser.parse_args(argv)
     denied = {a for a in (_ip(text) for text in args.deny_addr) if a is not None}
-    return Settings(parse_rules(args.allow), denied, _listen_address(args.alias), args.port,
+    return Settings(parse_rules(args.allow), denied, _listen_address(args.listen_file), args.port,
                     AttemptLog(args.log), args.max_connections, args.lifetime, args.ready)
 
 

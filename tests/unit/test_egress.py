@@ -201,9 +201,10 @@ def test_proxy_argv_is_locked_down() -> None:
     argv = egress.proxy_run_argv(_plan())
     joined = " ".join(argv)
     for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
-                 "--user 65534:65534", "--read-only", "--pids-limit", "--memory 64m",
-                 "--memory-swap 64m", "--no-healthcheck", "--network bridge",
-                 "--ready /log/ready", "--allow pypi.org", "--deny-addr 192.0.2.2",
+                 "--user 65534:65534", "--read-only", "--pids-limit", "--memory 128m",
+                 "--memory-swap 128m", "--no-healthcheck", "--network bridge",
+                 "--ready /log/ready", "--listen-file /log/listen", "--allow pypi.org",
+                 "--deny-addr 192.0.2.2",
                  "--lifetime 3600", f"source={egress.proxy_program_path()},target="
                  f"{egress.PROXY_PROGRAM},readonly"):
         assert flag in joined, flag
