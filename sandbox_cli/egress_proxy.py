@@ -31,11 +31,12 @@ from typing import Any, NamedTuple
 DEFAULT_PORTS = (80, 443)
 PROXY_PORT = 3128
 MAX_HEAD = 16 * 1024  # request line and headers
-WRITE_HIGH_WATER = 256 * 1024  # per socket: with asyncio's 256 KiB reads, ~1 MiB a connection
+PIPE_CHUNK = 1 << 20  # pipe size (the unprivileged maximum): what one direction holds at most
 MAX_CONNECTIONS = 64
 HEAD_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
+CLOSE_GRACE = 5.0
 LOG_MAX_BYTES = 1 << 20
 ALLOW_HINT = "--allow-host"
 
@@ -362,98 +363,139 @@ async def _resolve(settings: Settings, host: str, port: int) -> list[tuple[Any, 
     return allowed
 
 
-class _Relay:
-    """The two sockets of one proxied connection. Bytes are handed from one transport to the
-    other as they arrive (no coroutine per chunk: this is what keeps the proxy near wire
-    speed); a full write buffer pauses reading on the other side, so each connection holds at
-    most a read and a write buffer per direction. Idle for IDLE_TIMEOUT: both are closed."""
+class _Activity:
+    """When a connection last moved a byte, in either direction: it is idle only when both
+    directions are (a long download sends nothing upstream for minutes)."""
 
-    def __init__(self, loop: Any, on_close: Any) -> None:
+    def __init__(self, loop: Any) -> None:
         self.loop = loop
-        self.on_close = on_close
-        self.sides: list[_Side] = []
         self.last = loop.time()
-        self.closed = False
-        self.timer = loop.call_later(IDLE_TIMEOUT, self._check_idle)
 
-    def _check_idle(self) -> None:
-        idle = self.loop.time() - self.last
-        if idle >= IDLE_TIMEOUT:
-            self.close()
-        else:
-            self.timer = self.loop.call_later(IDLE_TIMEOUT - idle, self._check_idle)
-
-    def close(self) -> None:
-        """Close both sides (buffered data is still flushed) and release the slot once."""
-        if self.closed:
-            return
-        self.closed = True
-        self.timer.cancel()
-        for side in self.sides:
-            if side.transport is not None:
-                side.transport.close()
-        self.on_close()
+    def touch(self) -> None:
+        self.last = self.loop.time()
 
 
-class _Side:
-    """asyncio protocol of one socket of a _Relay."""
-
-    def __init__(self, relay: _Relay) -> None:
-        self.relay = relay
-        self.transport: Any = None
-        self.peer: _Side | None = None
-        self.eof = False
-        relay.sides.append(self)
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.relay.last = self.relay.loop.time()
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        peer = self.peer
-        if peer is None or peer.transport is None or peer.eof:
-            self.relay.close()
-            return False
-        if peer.transport.can_write_eof():
-            peer.transport.write_eof()  # half-close: the answer may still come back
-        return True
-
-    def pause_writing(self) -> None:  # our socket is full: stop reading the other one
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.relay.close()
-
-
-async def _connect(loop: Any, relay: _Relay, addresses: list[tuple[Any, ...]], host: str,
-                   port: int) -> _Side:
-    """The upstream side of RELAY, connected to the first address that answers."""
+async def _ready(loop: Any, sock: Any, activity: _Activity, writing: bool) -> bool:
+    """Wait until SOCK can be read (or written); False once the connection has been idle for
+    IDLE_TIMEOUT."""
     import asyncio
 
-    last = "unreachable"
-    for _family, addr in addresses:
-        side = _Side(relay)
+    fd = sock.fileno()
+    while True:
+        future = loop.create_future()
+
+        def wake(future: Any = future) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        (loop.add_writer if writing else loop.add_reader)(fd, wake)
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda side=side: side, addr[0], addr[1]),
-                CONNECT_TIMEOUT)
-            return side
+            remaining = activity.last + IDLE_TIMEOUT - loop.time()
+            await asyncio.wait_for(future, max(remaining, 0.01))
+            return True
+        except asyncio.TimeoutError:
+            if loop.time() - activity.last >= IDLE_TIMEOUT:
+                return False
+        finally:
+            (loop.remove_writer if writing else loop.remove_reader)(fd)
+
+
+async def _pump(loop: Any, src: Any, dst: Any, activity: _Activity) -> None:
+    """Move bytes from SRC to DST until EOF, through a pipe with splice(2): they never enter
+    this process (which is what keeps the proxy near wire speed). A full DST stops the reading
+    of SRC, so each direction holds at most one pipe of data. Without os.splice (Python before
+    3.10), through a bounded buffer."""
+    if not hasattr(os, "splice"):
+        await _pump_copy(loop, src, dst, activity)
+        return
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    rpipe, wpipe = os.pipe()
+    with contextlib.suppress(OSError, ImportError):
+        import fcntl
+
+        fcntl.fcntl(wpipe, 1031, PIPE_CHUNK)  # F_SETPIPE_SZ: fewer, larger moves
+    try:
+        while True:
+            try:
+                count = os.splice(src.fileno(), wpipe, PIPE_CHUNK, flags=flags)
+            except BlockingIOError:
+                if not await _ready(loop, src, activity, writing=False):
+                    return
+                continue
+            if count == 0:
+                break
+            activity.touch()
+            while count:
+                try:
+                    count -= os.splice(rpipe, dst.fileno(), count, flags=flags)
+                except BlockingIOError:
+                    if not await _ready(loop, dst, activity, writing=True):
+                        return
+            activity.touch()
+        _shutdown_write(dst)
+    finally:
+        os.close(rpipe)
+        os.close(wpipe)
+
+
+async def _pump_copy(loop: Any, src: Any, dst: Any, activity: _Activity) -> None:
+    import asyncio
+
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(src, PIPE_CHUNK), IDLE_TIMEOUT)
+        if not data:
+            break
+        activity.touch()
+        await asyncio.wait_for(loop.sock_sendall(dst, data), IDLE_TIMEOUT)
+    _shutdown_write(dst)
+
+
+def _shutdown_write(sock: Any) -> None:
+    import socket
+
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)  # half-close: the answer may still come back
+
+
+async def _relay(loop: Any, client: Any, upstream: Any) -> None:
+    """Both directions until both end (or the connection idles out, or one side fails)."""
+    import asyncio
+
+    activity = _Activity(loop)
+    up = asyncio.ensure_future(_pump(loop, client, upstream, activity))
+    down = asyncio.ensure_future(_pump(loop, upstream, client, activity))
+    tasks = [up, down]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if down.done() and not up.done():
+            # The server has closed: the client gets a moment to finish, not an idle timeout
+            # (a connection slot is worth more than a client that never hangs up).
+            await asyncio.wait([up], timeout=CLOSE_GRACE)
+        elif not down.done() and up.exception() is None:
+            await down  # the request is complete (half-close): the answer still comes
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _connect(loop: Any, addresses: list[tuple[Any, ...]], host: str, port: int) -> Any:
+    """A socket connected to the first of ADDRESSES that answers."""
+    import asyncio
+    import socket
+
+    last = "unreachable"
+    for family, addr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
+            return sock
         except asyncio.TimeoutError:
             last = "connection timed out"
         except OSError as exc:
             last = exc.strerror or "connection failed"
-        relay.sides.remove(side)
+        sock.close()
     raise _Refused(502, "Bad Gateway", host, port, f"cannot connect: {last}")
 
 
@@ -478,94 +520,43 @@ def _forward_head(method: str, path: str, version: str, headers: list[tuple[str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class _Client:
-    """asyncio protocol of an accepted connection until its request head is read; then the
-    connection becomes one side of a _Relay."""
+async def _read_head(loop: Any, sock: Any) -> tuple[bytes, bytes]:
+    """(request head, bytes after it), at most MAX_HEAD of head."""
+    buffer = bytearray()
+    while True:
+        data = await loop.sock_recv(sock, 4096)
+        if not data:
+            raise ConnectionError("closed before the request head ended")
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            if end > MAX_HEAD:
+                break
+            return bytes(buffer[:end]), bytes(buffer[end + 4:])
+        if len(buffer) > MAX_HEAD:
+            break
+    raise _Refused(431, "Request Header Fields Too Large")
 
-    def __init__(self, proxy: _Proxy) -> None:
-        self.proxy = proxy
-        self.transport: Any = None
-        self.buffer = bytearray()
-        self.task: Any = None
-        self.timer: Any = None
-        self.counted = False
-        self.eof = False
-        self.relay: _Relay | None = None
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        if self.proxy.active >= self.proxy.settings.max_connections:
-            # Bounded: refuse at once rather than queue (a flood costs a few bytes each).
-            transport.write(_head_error(503, "Service Unavailable",
-                                        "sandbox egress: too many connections\n"))
-            transport.close()
-            return
-        self.proxy.active += 1
-        self.counted = True
-        self.timer = self.proxy.loop.call_later(HEAD_TIMEOUT, transport.close)
+def _error_response(refused: _Refused) -> bytes:
+    body = ""
+    if refused.code == 403:
+        body = refusal_body(refused.host, refused.port, refused.reason)
+    elif refused.code == 400 and refused.reason:
+        body = f"sandbox egress: {refused.reason}\n"
+    elif refused.code == 502:
+        body = f"sandbox egress: {refused.host}:{refused.port}: {refused.reason}\n"
+    return _head_error(refused.code, refused.text, body)
 
-    def release(self) -> None:
-        """Give the connection slot back (once)."""
-        if self.counted:
-            self.counted = False
-            self.proxy.active -= 1
 
-    def data_received(self, data: bytes) -> None:
-        if self.task is not None:  # head read, upstream being opened: keep what follows
-            self.buffer += data
-            if len(self.buffer) > MAX_HEAD:
-                self.transport.pause_reading()
-            return
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_HEAD:
-                self._fail(_Refused(431, "Request Header Fields Too Large"), "")
-            return
-        if end > MAX_HEAD:
-            self._fail(_Refused(431, "Request Header Fields Too Large"), "")
-            return
-        head = bytes(self.buffer[:end])
-        del self.buffer[:end + 4]
-        self.timer.cancel()
-        self.task = self.proxy.loop.create_task(self._open(head))
+async def _serve(settings: Settings, loop: Any, client: Any) -> None:
+    """One connection: read the head, check it, connect, relay; or answer why not."""
+    import asyncio
 
-    def eof_received(self) -> bool:
-        if self.task is None:
-            self.transport.close()
-        self.eof = True
-        return True  # after the head: the request's EOF is passed on once connected
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.relay is None:
-            self.release()
-        else:
-            self.relay.close()
-
-    def _fail(self, refused: _Refused, method: str) -> None:
-        settings = self.proxy.settings
-        if refused.host:
-            settings.log.write(host=refused.host, port=refused.port, verdict="refused",
-                               method=method, reason=refused.reason)
-        body = ""
-        if refused.code == 403:
-            body = refusal_body(refused.host, refused.port, refused.reason)
-        elif refused.code == 400 and refused.reason:
-            body = f"sandbox egress: {refused.reason}\n"
-        elif refused.code == 502:
-            body = f"sandbox egress: {refused.host}:{refused.port}: {refused.reason}\n"
-        self.transport.write(_head_error(refused.code, refused.text, body))
-        self.transport.close()
-
-    async def _open(self, head: bytes) -> None:
-        settings, loop = self.proxy.settings, self.proxy.loop
-        method = ""
-        relay = _Relay(loop, self.release)
+    method, upstream = "", None
+    try:
         try:
+            head, rest = await asyncio.wait_for(_read_head(loop, client), HEAD_TIMEOUT)
             method, target, version, headers = _parse_head(head)
             host, port, path = _target(method, target)
             if not host_allowed(settings.rules, host, port):
@@ -573,61 +564,67 @@ class _Client:
                        else "not on the allow-list")
                 raise _Refused(403, "Forbidden", host, port, why)
             addresses = await _resolve(settings, host, port)
-            upstream = await _connect(loop, relay, addresses, host, port)
+            upstream = await _connect(loop, addresses, host, port)
         except _Refused as refused:
-            relay.closed = True  # nothing to close: the slot is released by connection_lost
-            relay.timer.cancel()
-            self._fail(refused, method)
-            return
-        if self.transport.is_closing():
-            relay.close()
+            if refused.host:
+                settings.log.write(host=refused.host, port=refused.port, verdict="refused",
+                                   method=method, reason=refused.reason)
+            await asyncio.wait_for(loop.sock_sendall(client, _error_response(refused)),
+                                   HEAD_TIMEOUT)
             return
         settings.log.write(host=host, port=port, verdict="allowed", method=method)
-        client = _Side(relay)
-        client.connection_made(self.transport)
-        client.peer, upstream.peer = upstream, client
-        self.relay = relay
-        self.transport.set_protocol(client)
         if method == "CONNECT":
-            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await loop.sock_sendall(client, b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
-            upstream.transport.write(_forward_head(method, path, version, headers, host, port))
-        if self.buffer:
-            upstream.transport.write(bytes(self.buffer))
-            self.buffer.clear()
-        if self.eof:
-            client.eof = True
-            if upstream.transport.can_write_eof():
-                upstream.transport.write_eof()
-        else:
-            self.transport.resume_reading()
-
-
-class _Proxy:
-    """The listening side: settings, the loop and the count of open connections."""
-
-    def __init__(self, settings: Settings, loop: Any) -> None:
-        self.settings = settings
-        self.loop = loop
-        self.active = 0
+            await loop.sock_sendall(upstream,
+                                    _forward_head(method, path, version, headers, host, port))
+        if rest:
+            await loop.sock_sendall(upstream, rest)
+        await _relay(loop, client, upstream)
+    except (OSError, ConnectionError, asyncio.TimeoutError):
+        pass
+    finally:
+        client.close()
+        if upstream is not None:
+            upstream.close()
 
 
 async def _main(settings: Settings, ready: str | None = None) -> None:
     import asyncio
+    import socket
 
     loop = asyncio.get_running_loop()
-    proxy = _Proxy(settings, loop)
-    # The protocols are duck-typed (asyncio is not imported where the rules are used).
-    server = await loop.create_server(lambda: _Client(proxy),  # type: ignore[arg-type,return-value]
-                                      settings.listen, settings.port,
-                                      backlog=settings.max_connections, reuse_address=True)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((settings.listen, settings.port))
+    listener.listen(settings.max_connections)
+    listener.setblocking(False)
     if ready:  # tells `sandbox start` (which waits for it) that requests can come
         os.close(os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
-    async with server:
-        if settings.lifetime is None:
-            await server.serve_forever()
-        else:
-            await asyncio.wait_for(server.serve_forever(), settings.lifetime)
+    tasks: set[Any] = set()
+    stop = None if settings.lifetime is None else loop.time() + settings.lifetime
+    while True:
+        timeout = None if stop is None else stop - loop.time()
+        if timeout is not None and timeout <= 0:
+            return
+        try:
+            client, _ = await asyncio.wait_for(loop.sock_accept(listener), timeout)
+        except asyncio.TimeoutError:
+            return
+        except OSError:  # out of descriptors, say: shed load, never die
+            await asyncio.sleep(0.05)
+            continue
+        client.setblocking(False)
+        if len(tasks) >= settings.max_connections:
+            # Bounded: refuse at once rather than queue (a flood costs a few bytes each).
+            with contextlib.suppress(OSError):
+                client.send(_head_error(503, "Service Unavailable",
+                                        "sandbox egress: too many connections\n"))
+            client.close()
+            continue
+        task = asyncio.ensure_future(_serve(settings, loop, client))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
 def _listen_address(path: str, timeout: float = 60.0) -> str:
