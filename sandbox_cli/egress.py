@@ -292,6 +292,23 @@ def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
         raise
 
 
+def _connect_proxy(plan: Plan, proxy_id: str) -> None:
+    """Attach the proxy to the internal network; a proxy already gone means its program could
+    not start (the usual cause: an image without python3; --init starts it, so `docker run`
+    itself succeeded)."""
+    from .errors import SandboxNotFound
+
+    try:
+        docker.run_docker(network_connect_argv(plan.network, proxy_id))
+    except (SandboxNotFound, DockerError) as exc:
+        low = exc.message.lower()
+        if isinstance(exc, SandboxNotFound) or "marked for removal" in low \
+                or "not running" in low or "no such container" in low:
+            raise InvalidInput(f"the egress proxy exited at once: image {plan.image!r} needs "
+                               "python3 to run it (choose one with --proxy-image)") from None
+        raise
+
+
 def _tell_listen_address(plan: Plan, proxy_id: str) -> None:
     """Write the proxy's address on the internal network where the proxy waits for it."""
     import ipaddress
@@ -342,7 +359,7 @@ def provisioned(plan: Plan, owner: tuple[int, int] | None,
             network_made.wait()
             if network_failed.is_set():
                 return
-            docker.run_docker(network_connect_argv(plan.network, proxy_id))
+            _connect_proxy(plan, proxy_id)
             _tell_listen_address(plan, proxy_id)
             _wait_ready(plan)
         except BaseException as exc:  # handed to the main thread

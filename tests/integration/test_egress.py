@@ -552,5 +552,16 @@ def test_missing_egress_network_is_clean_failure(docker_engine: None, tmp_path: 
     assert not _docker("ps", "-aq", "--filter", "name=^nonet$")
 
 
+def test_proxy_image_without_python_is_clean_failure(docker_engine: None, tmp_path: Path) -> None:
+    from tests.conftest import BUSYBOX_IMAGE
+
+    home = Home(tmp_path)
+    proc = home("start", "--image", BUSYBOX_IMAGE, "--allow-host", "x.test")
+    assert proc.returncode == 2, proc.stderr
+    assert b"--proxy-image" in proc.stderr and proc.stderr.count(b"\n") == 1
+    assert _egress_pieces(home.label()) == ([], [])
+    assert json.loads(home("ls", "--json", check=True).stdout) == []
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
