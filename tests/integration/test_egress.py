@@ -143,7 +143,10 @@ def upstream(docker_engine: None) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def egress_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+def egress_home(upstream: Upstream,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    """A home for the module's shared sandbox; torn down before the upstream network (its
+    proxy is attached to it)."""
     home = Home(tmp_path_factory.mktemp("egress"))
     yield home
     home("purge", "--all", timeout=120)
