@@ -27,7 +27,8 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to disconnect purge ls build-repo run doctor)
+            commands=(start exec write read copy-to disconnect purge ls egress build-repo run
+              doctor)
             flags=(--verbose -v --version --help -h)
             valued=()
             files=()
@@ -36,9 +37,9 @@ _sandbox_spec() {
         start)
             flags=(--name --image --network --no-network --port -p --env -e --keep --no-keep
               --ttl --memory --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size
-              --runtime --cap-add --json --help -h)
+              --runtime --cap-add --allow-host --egress-network --proxy-image --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add)
+              --tmpfs-size --runtime --cap-add --allow-host --egress-network --proxy-image)
             files=()
             args=()
             ;;
@@ -84,6 +85,12 @@ _sandbox_spec() {
             files=()
             args=()
             ;;
+        egress)
+            flags=(--json --help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
         build-repo)
             flags=(--branch --dir --tag --json --help -h)
             valued=(--branch --dir --tag)
@@ -93,9 +100,11 @@ _sandbox_spec() {
         run)
             flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
               --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime
-              --cap-add --copy --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
+              --cap-add --allow-host --egress-network --proxy-image --copy --timeout --workdir
+              -w --tty --no-tty -t -T --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add --copy --timeout --workdir -w)
+              --tmpfs-size --runtime --cap-add --allow-host --egress-network --proxy-image
+              --copy --timeout --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;

@@ -63,7 +63,8 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add
+                        --pids-limit --tmpfs-size --runtime --cap-add --allow-host \
+                        --egress-network --proxy-image
                     set files
                     set args
                 case exec
@@ -94,14 +95,18 @@ function __sandbox_state
                     set valued
                     set files
                     set args
+                case egress
+                    set valued
+                    set files
+                    set args sandbox
                 case build-repo
                     set valued --branch --dir --tag
                     set files
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --copy --timeout \
-                        --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --allow-host \
+                        --egress-network --proxy-image --copy --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -165,6 +170,7 @@ complete -c sandbox -n '__sandbox_at subcommand' -a copy-to -d 'Copy host files 
 complete -c sandbox -n '__sandbox_at subcommand' -a disconnect -d 'Detach a sandbox from every network; published ports stop answering'
 complete -c sandbox -n '__sandbox_at subcommand' -a purge -d 'Remove sandboxes: with names, those; with none, every one not started with --keep'
 complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped'
+complete -c sandbox -n '__sandbox_at subcommand' -a egress -d 'List the attempts a sandbox\'s egress proxy allowed and refused (see --allow-host)'
 complete -c sandbox -n '__sandbox_at subcommand' -a build-repo -d 'Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)'
 complete -c sandbox -n '__sandbox_at subcommand' -a run -d 'Start, copy, exec and purge in one: exits with the command\'s code, always cleans up'
 complete -c sandbox -n '__sandbox_at subcommand' -a doctor -d 'Check docker, the daemon, runtimes, the default image and the state folder'
@@ -190,6 +196,9 @@ complete -c sandbox -n '__sandbox_options start' -l read-only -l writable-root -
 complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options start' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
+complete -c sandbox -n '__sandbox_options start' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
+complete -c sandbox -n '__sandbox_options start' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this message and exit'
 
@@ -227,6 +236,10 @@ complete -c sandbox -n '__sandbox_options purge' -l help -s h -d 'Show this mess
 complete -c sandbox -n '__sandbox_options ls' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options ls' -l help -s h -d 'Show this message and exit'
 
+# Options of `sandbox egress`.
+complete -c sandbox -n '__sandbox_options egress' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options egress' -l help -s h -d 'Show this message and exit'
+
 # Options of `sandbox build-repo`.
 complete -c sandbox -n '__sandbox_options build-repo' -l branch -x -d 'Branch or tag'
 complete -c sandbox -n '__sandbox_options build-repo' -l dir -x -d 'Folder holding the Dockerfile'
@@ -249,6 +262,9 @@ complete -c sandbox -n '__sandbox_options run' -l read-only -l writable-root -d 
 complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the tmpfs /tmp of --read-only [default: 64m]'
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
+complete -c sandbox -n '__sandbox_options run' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
+complete -c sandbox -n '__sandbox_options run' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
+complete -c sandbox -n '__sandbox_options run' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l timeout -x -d 'Stop the command after SECONDS (or 30s, 5m); exit code 124'
 complete -c sandbox -n '__sandbox_options run' -l workdir -s w -x -d 'Working directory in the container [default: /app]'
