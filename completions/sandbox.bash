@@ -27,7 +27,7 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to copy-from diff disconnect purge ls
+            commands=(start exec write read copy-to copy-from diff disconnect purge ls egress
               build-repo run doctor mcp)
             flags=(--verbose -v --version --help -h)
             valued=()
@@ -37,9 +37,11 @@ _sandbox_spec() {
         start)
             flags=(--name --image --network --no-network --port -p --env -e --keep --no-keep
               --ttl --memory --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size
-              --runtime --cap-add --storage --json --help -h)
+              --runtime --cap-add --storage --allow-host --egress-network --proxy-image --json
+              --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add --storage)
+              --tmpfs-size --runtime --cap-add --storage --allow-host --egress-network
+              --proxy-image)
             files=()
             args=()
             ;;
@@ -97,6 +99,12 @@ _sandbox_spec() {
             files=()
             args=()
             ;;
+        egress)
+            flags=(--json --help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
         build-repo)
             flags=(--branch --dir --tag --json --help -h)
             valued=(--branch --dir --tag)
@@ -106,11 +114,11 @@ _sandbox_spec() {
         run)
             flags=(--name --image --network --no-network --port -p --env -e --ttl --memory
               --disk --cpus --pids-limit --read-only --writable-root --tmpfs-size --runtime
-              --cap-add --storage --copy --copy-out --copy-out-dest --timeout --workdir -w --tty
-              --no-tty -t -T --json --help -h)
+              --cap-add --storage --allow-host --egress-network --proxy-image --copy --copy-out
+              --copy-out-dest --timeout --workdir -w --tty --no-tty -t -T --json --help -h)
             valued=(--name --image --port -p --env -e --ttl --memory --disk --cpus --pids-limit
-              --tmpfs-size --runtime --cap-add --storage --copy --copy-out --copy-out-dest
-              --timeout --workdir -w)
+              --tmpfs-size --runtime --cap-add --storage --allow-host --egress-network
+              --proxy-image --copy --copy-out --copy-out-dest --timeout --workdir -w)
             files=(--copy)
             args=(argv...)
             ;;

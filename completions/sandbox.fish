@@ -63,7 +63,8 @@ function __sandbox_state
             switch $cmd
                 case start
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --storage
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage --allow-host \
+                        --egress-network --proxy-image
                     set files
                     set args
                 case exec
@@ -102,14 +103,19 @@ function __sandbox_state
                     set valued
                     set files
                     set args
+                case egress
+                    set valued
+                    set files
+                    set args sandbox
                 case build-repo
                     set valued --branch --dir --tag
                     set files
                     set args none
                 case run
                     set valued --name --image --port -p --env -e --ttl --memory --disk --cpus \
-                        --pids-limit --tmpfs-size --runtime --cap-add --storage --copy \
-                        --copy-out --copy-out-dest --timeout --workdir -w
+                        --pids-limit --tmpfs-size --runtime --cap-add --storage --allow-host \
+                        --egress-network --proxy-image --copy --copy-out --copy-out-dest \
+                        --timeout --workdir -w
                     set files --copy
                     set args argv...
                 case doctor
@@ -179,6 +185,7 @@ complete -c sandbox -n '__sandbox_at subcommand' -a diff -d 'Show what changed u
 complete -c sandbox -n '__sandbox_at subcommand' -a disconnect -d 'Detach a sandbox from every network; published ports stop answering'
 complete -c sandbox -n '__sandbox_at subcommand' -a purge -d 'Remove sandboxes: with names, those; with none, every one not started with --keep'
 complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped'
+complete -c sandbox -n '__sandbox_at subcommand' -a egress -d 'List the attempts a sandbox\'s egress proxy allowed and refused (see --allow-host)'
 complete -c sandbox -n '__sandbox_at subcommand' -a build-repo -d 'Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)'
 complete -c sandbox -n '__sandbox_at subcommand' -a run -d 'Start, copy, exec and purge in one: exits with the command\'s code, always cleans up'
 complete -c sandbox -n '__sandbox_at subcommand' -a doctor -d 'Check docker, the daemon, runtimes, the default image and the state folder'
@@ -206,6 +213,9 @@ complete -c sandbox -n '__sandbox_options start' -l tmpfs-size -x -d 'Size of th
 complete -c sandbox -n '__sandbox_options start' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options start' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
+complete -c sandbox -n '__sandbox_options start' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
+complete -c sandbox -n '__sandbox_options start' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
+complete -c sandbox -n '__sandbox_options start' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this message and exit'
 
@@ -256,6 +266,10 @@ complete -c sandbox -n '__sandbox_options purge' -l help -s h -d 'Show this mess
 complete -c sandbox -n '__sandbox_options ls' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options ls' -l help -s h -d 'Show this message and exit'
 
+# Options of `sandbox egress`.
+complete -c sandbox -n '__sandbox_options egress' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options egress' -l help -s h -d 'Show this message and exit'
+
 # Options of `sandbox build-repo`.
 complete -c sandbox -n '__sandbox_options build-repo' -l branch -x -d 'Branch or tag'
 complete -c sandbox -n '__sandbox_options build-repo' -l dir -x -d 'Folder holding the Dockerfile'
@@ -279,6 +293,9 @@ complete -c sandbox -n '__sandbox_options run' -l tmpfs-size -x -d 'Size of the 
 complete -c sandbox -n '__sandbox_options run' -l runtime -x -d 'OCI runtime, e.g. runsc for gVisor'
 complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Linux capability (all are dropped)'
 complete -c sandbox -n '__sandbox_options run' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
+complete -c sandbox -n '__sandbox_options run' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
+complete -c sandbox -n '__sandbox_options run' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
+complete -c sandbox -n '__sandbox_options run' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l copy-out -x -d 'After the command (whatever its exit code), copy files under /app matching this glob to --copy-out-dest'
 complete -c sandbox -n '__sandbox_options run' -l copy-out-dest -x -d 'Host folder for --copy-out [default: the current directory]'

@@ -114,6 +114,29 @@ StorageOpt = Annotated[
                  help="Where /app lives: auto (a host folder when the engine sees this "
                  "host's files, else an engine volume), bind or volume [default: auto]."),
 ]
+AllowHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-host",
+        metavar="HOST[:PORT]",
+        help="Reach only these hosts, through a proxy (*.example.com: subdomains; no port: "
+        "80 and 443). Repeatable. Not with --network or -p.",
+    ),
+]
+EgressNetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--egress-network", metavar="NET", help="Engine network the proxy goes out by "
+        "[default: bridge]."
+    ),
+]
+ProxyImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy-image", metavar="IMAGE", help="Image with python3 to run the egress proxy "
+        "[default: the sandbox's image]."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 TimeoutOpt = Annotated[
     str | None,
@@ -164,6 +187,7 @@ def _record_json(record: SandboxRecord, store: StateStore) -> dict[str, Any]:
         "keep": record.keep,
         "created_at": record.created_at,
         "expires_at": record.expires_at,
+        "allow_hosts": sandbox.allowed_hosts(record),
     }
 
 
@@ -183,6 +207,7 @@ def _resolve_start(
     tmpfs_size: str | None = None,
     disk: str | None = None,
     storage: str | None = None,
+    egress: dict[str, Any] | None = None,
 ) -> config.StartOptions:
     flags: dict[str, Any] = {  # None: not given; core.resolve_start checks every given value
         "image": image, "network": network, "ports": port or None,
@@ -190,8 +215,15 @@ def _resolve_start(
         "memory": memory, "cpus": cpus, "pids": pids, "read_only": read_only,
         "runtime": runtime, "cap_add": cap_add or None, "tmpfs_size": tmpfs_size, "disk": disk,
         "storage": storage,
+        **(egress or {}),
     }
     return core.resolve_start(flags, warn=ui.warn)
+
+
+def _egress_flags(allow_host: list[str] | None, egress_network: str | None,
+                  proxy_image: str | None) -> dict[str, Any]:
+    return {"allow_hosts": allow_host or None, "egress_network": egress_network,
+            "proxy_image": proxy_image}
 
 
 @app.command()
@@ -212,12 +244,15 @@ def start(
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
     storage: StorageOpt = None,
+    allow_host: AllowHostOpt = None,
+    egress_network: EgressNetworkOpt = None,
+    proxy_image: ProxyImageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start a sandbox and print its name (NAME=$(sandbox start))."""
     options = _resolve_start(
         image, network, port, env, keep, ttl, memory, cpus, pids_limit, read_only, runtime, cap_add,
-        tmpfs_size, disk, storage,
+        tmpfs_size, disk, storage, _egress_flags(allow_host, egress_network, proxy_image),
     )
     store = _store()
     record = sandbox.start(store, options, name, progress=ui.info, report=ui.info)
@@ -477,6 +512,25 @@ def list_(json_out: JsonOpt = False) -> None:
         ui.sandbox_table(rows)
 
 
+@app.command("egress")
+def egress_log(name: NameArg, json_out: JsonOpt = False) -> None:
+    """List the attempts a sandbox's egress proxy allowed and refused (see --allow-host)."""
+    from . import egress
+
+    store = _store()
+    # An expired sandbox's log is kept with its files (see `read`).
+    egress.require_egress(sandbox.require(store, name, expired_ok=True), store)
+    rows = egress.attempts(store, name)
+    if json_out:
+        ui.emit_json(rows)
+        return
+    for row in rows:
+        reason = f"\t{row['reason']}" if row["reason"] else ""
+        ui.data(f"{row['time']}\t{row['verdict']}\t{row['host']}:{row['port']}{reason}")
+    if not rows:
+        ui.info(f"{name}: no attempts yet")
+
+
 @app.command("build-repo")
 def build_repo(
     repo: Annotated[
@@ -519,6 +573,9 @@ def run(
     runtime: RuntimeOpt = None,
     cap_add: CapAddOpt = None,
     storage: StorageOpt = None,
+    allow_host: AllowHostOpt = None,
+    egress_network: EgressNetworkOpt = None,
+    proxy_image: ProxyImageOpt = None,
     copy: Annotated[
         list[str] | None,
         typer.Option(
@@ -558,6 +615,7 @@ def run(
     options = _resolve_start(
         image, network, port, env, False, ttl, memory, cpus, pids_limit, read_only, runtime,
         cap_add, tmpfs_size, disk, storage,
+        _egress_flags(allow_host, egress_network, proxy_image),
     )
     if json_out and tty:
         raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")

@@ -41,6 +41,9 @@ class StartOptions:
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
     storage: str = "auto"  # where /app lives: auto, bind (a host folder), volume (the engine's)
+    allow_hosts: list[str] = field(default_factory=list)  # egress by allow-list (egress.py)
+    egress_network: str | None = None
+    proxy_image: str | None = None
 
 
 def _as_storage(value: Any) -> str:
@@ -48,6 +51,12 @@ def _as_storage(value: Any) -> str:
     if text not in ("auto", "bind", "volume"):
         raise ValueError("expected auto, bind or volume")
     return text
+
+
+def _egress() -> Any:
+    from . import egress  # only when an egress setting is given
+
+    return egress
 
 
 def _as_bool(value: Any) -> bool:
@@ -123,6 +132,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "runtime": lambda v: None if v is None else validate.runtime(_as_str(v)),
     "cap_add": lambda v: [validate.capability(c) for c in _as_str_list(v)],
     "storage": _as_storage,
+    "allow_hosts": lambda v: _egress().allow_hosts(_as_str_list(v)),
+    "egress_network": lambda v: None if v is None else _egress().network(_as_str(v)),
+    "proxy_image": lambda v: None if v is None else validate.image(_as_str(v)),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
 
@@ -141,10 +153,12 @@ def loosenings(lower: StartOptions, project: Mapping[str, Any]) -> list[str]:
             return bool(value != old)
         if key in ("network", "keep"):
             return bool(value) and not old
-        if key in ("ports", "cap_add"):
+        if key in ("ports", "cap_add", "allow_hosts"):
             return bool(set(value) - set(old))
         if key == "read_only":
             return bool(old) and not value
+        if key in ("egress_network", "proxy_image"):  # another route out, another proxy
+            return value is not None and value != old
         if key == "runtime":  # choosing one (e.g. runsc) hardens; dropping or swapping one not
             return old is not None and value != old
         if key in ("memory", "tmpfs_size", "disk"):

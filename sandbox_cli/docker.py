@@ -103,6 +103,7 @@ class RunSpec:
     runtime: str | None = None
     cap_add: list[str] = field(default_factory=list)
     storage: str = "bind"  # VOLUME is a host folder to bind, or (volume) an engine volume
+    network_options: list[str] = field(default_factory=list)  # replaces --network (egress)
 
 
 def run_argv(spec: RunSpec) -> list[str]:
@@ -173,7 +174,7 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
         *(["--label", f"{LABEL_ATTEMPT}={spec.attempt}"] if spec.attempt else []),
         *(["--label", f"{LABEL_HOME_DIR}={spec.home_dir}"] if spec.home_dir else []),
-        "--network", "bridge" if spec.network else "none",
+        *(spec.network_options or ["--network", "bridge" if spec.network else "none"]),
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", main_user,

@@ -105,9 +105,14 @@ def _make_folder(store: StateStore, name: str, disk_size: str,
 
 def file_owner(record: SandboxRecord) -> tuple[int, int] | None:
     """Who should own files we put in RECORD's folder: None means 'us' (the same user)."""
+    return file_owner_of(record.user)
+
+
+def file_owner_of(user: str) -> tuple[int, int] | None:
+    """file_owner for a container user UID:GID."""
     if os.getuid() != 0:
         return None
-    uid, _, gid = record.user.partition(":")
+    uid, _, gid = user.partition(":")
     if uid.isdigit() and gid.isdigit() and (int(uid), int(gid)) != (0, 0):
         return int(uid), int(gid)
     return None
@@ -137,6 +142,7 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
         claimed = [name for name in due if name in current and current[name].expired(now)]
         for name in claimed:
             del current[name]
+    _end_egress_logs(store, {name: expired[name] for name in claimed})
     for name in claimed:
         tally = volume.Tally()
         try:
@@ -167,6 +173,11 @@ def _end_expired_containers(store: StateStore, expired: dict[str, SandboxRecord]
         _say(report, f"warning: could not end the containers of expired "
              f"{', '.join(sorted(pending))}: {exc.message}")
         return done
+    try:  # its proxy has ended on its own (same TTL); its network has not
+        _end_egress(store, pending, keep_logs=True)
+    except SandboxError as exc:
+        _say(report, f"warning: could not end the egress of expired "
+             f"{', '.join(sorted(pending))}: {exc.message} (`sandbox purge` retries)")
     with store.transaction() as current:
         for name in pending:
             if name in current:
@@ -189,6 +200,37 @@ def files_until(record: SandboxRecord) -> str:
 def _say(report: Report | None, message: str) -> None:
     if report is not None:
         report(message)
+
+
+def _egress_names(records: Mapping[str, SandboxRecord | None]) -> list[str]:
+    """Those of RECORDS that have (or, unknown, may have) egress pieces (as egress.uses_egress,
+    without its import)."""
+    return [name for name, rec in records.items()
+            if rec is None or "egress_network" in rec.options]
+
+
+def _end_egress(store: StateStore, records: Mapping[str, SandboxRecord | None], *,
+                keep_logs: bool = False) -> None:
+    """Remove the egress proxy, network and (unless KEEP_LOGS: an expired sandbox's log stays
+    with its files) log of those of RECORDS that have one; their containers are gone already.
+    One sandbox's pieces are found by a listing of its own (no other sandbox's wait)."""
+    names = _egress_names(records)
+    if names:
+        from . import egress  # only then: run's cleanup should not pay for its import
+
+        if keep_logs:
+            egress.end_all(store, names)
+        else:
+            egress.remove(store, names)
+
+
+def _end_egress_logs(store: StateStore, records: Mapping[str, SandboxRecord]) -> None:
+    """The sweep: the attempt logs of expired sandboxes go with their folders."""
+    names = _egress_names(records)
+    if names:
+        from . import egress
+
+        egress.remove_logs(store, names)
 
 
 def container_ref(record: SandboxRecord) -> str:
@@ -300,6 +342,7 @@ class _Prepared:
     name: str
     spec: docker.RunSpec
     env: dict[str, str]  # -e values: they reach docker through a private env file
+    egress: Any = None  # an egress.Plan with --allow-host
 
 
 def _cap_folder(store: StateStore, name: str, folder: str, size: str,
@@ -332,6 +375,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     name = name or generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
+    plan = _egress_plan(store, name, options, ttl_seconds)
     sweep(store, report)
     store.ensure_dirs()
     if store.get(name) is not None:
@@ -361,7 +405,26 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
         default_home="HOME" not in options.env,
     )
-    return _Prepared(name, spec, dict(options.env))
+    if plan is None:
+        return _Prepared(name, spec, dict(options.env))
+    from . import egress
+
+    plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
+    spec = replace(spec, network_options=egress.sandbox_network_options(plan))
+    # In the container's own environment (the --env-file of docker run/create), so every
+    # exec inherits it, as run's command does; the user's -e still wins.
+    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
+
+
+def _egress_plan(store: StateStore, name: str, options: StartOptions,
+                 ttl_seconds: int | None) -> Any:
+    """The egress plan of a sandbox started with --allow-host, else None."""
+    if not options.allow_hosts:
+        return None
+    from . import egress
+
+    egress.check_options(options)
+    return egress.new_plan(store, name, options, "", ttl_seconds)  # user: once the folder is
 
 
 def _claim_name(store: StateStore, name: str) -> None:
@@ -397,7 +460,7 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     try:
         if prepared.spec.storage == VOLUME:
             _make_volume(store, prepared.spec)
-        with docker.env_file(prepared.env) as env_path:
+        with docker.env_file(prepared.env) as env_path, _egress_started(prepared, progress):
             container_id, spec = _create_container(prepared, env_path, build, progress,
                                                    pull_output)
         if spec.storage == VOLUME:
@@ -419,7 +482,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         options={"memory": options.memory, "cpus": options.cpus, "pids": options.pids,
                  "read_only": options.read_only, "disk": options.disk,
                  "runtime": spec.runtime, "storage": spec.storage,
-                 "cap_add": list(options.cap_add), **engine.to_options(engine.current())},
+                 "cap_add": list(options.cap_add), **engine.to_options(engine.current()),
+                 **_egress_record(prepared)},
         workspace=store.derived_workspace(name, spec.storage),
     )
     try:
@@ -444,6 +508,13 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
         pass
     if prepared.spec.storage == VOLUME:
         _remove_volume_quietly(prepared.spec.volume)
+    if prepared.egress is not None:  # after the container: a network in use cannot go
+        from contextlib import suppress
+
+        from . import egress
+
+        with suppress(SandboxError):
+            egress.undo(store, prepared.egress)
     _remove_folders(store, [prepared.name])
 
 
@@ -539,6 +610,27 @@ def _bound_ports(container_id: str) -> list[str]:
     return bound
 
 
+def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
+    """A context: the egress network made and its proxy starting beside the sandbox (nothing
+    without --allow-host)."""
+    from contextlib import nullcontext
+
+    if prepared.egress is None:
+        return nullcontext()
+    from . import egress
+
+    return egress.provisioned(prepared.egress, file_owner_of(prepared.spec.user),
+                              lambda image: pull_image(image, progress))
+
+
+def _egress_record(prepared: _Prepared) -> dict[str, Any]:
+    if prepared.egress is None:
+        return {}
+    from . import egress
+
+    return egress.record_options(prepared.egress)
+
+
 def _create_container(prepared: _Prepared, env_path: str | None,
                       build: Callable[[docker.RunSpec], list[str]],
                       progress: Progress | None,
@@ -614,6 +706,7 @@ def discard(store: StateStore, record: SandboxRecord, *, container_gone: bool = 
     if not container_gone:
         remove_container(container_ref(record))
     _remove_volumes(store, [record])
+    _end_egress(store, {name: record})
     _remove_folders(store, [name])
     with store.transaction() as records:
         records.pop(name, None)
@@ -751,11 +844,22 @@ def disconnect(store: StateStore, name: str) -> list[str]:
     left = [net for net in networks if net != "none"]
     for net in left:
         docker.run_docker(docker.network_disconnect_argv(net, name))
+    _end_egress_of(store, name)
     with store.transaction() as records:
         if name in records:
             records[name].network = False
             records[name].ports = []
+            records[name].options.pop("allow_hosts", None)  # the proxy is gone: nothing left
     return left
+
+
+def _end_egress_of(store: StateStore, name: str) -> None:
+    """disconnect: stop NAME's egress proxy and remove its network (its log stays)."""
+    from . import egress
+
+    record = store.get(name)
+    if record is not None and egress.uses_egress(record):
+        egress.end(store, name)
 
 
 # --- listing and purge ---------------------------------------------------------------------
@@ -876,9 +980,16 @@ def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict
             "created_at": rec.created_at if rec else box.created if box else "",
             "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
             "files_until": files_until(rec) if rec and rec.expired() else None,
+            "allow_hosts": allowed_hosts(rec),
             "tracked": rec is not None,
         })
     return rows
+
+
+def allowed_hosts(record: SandboxRecord | None) -> list[str]:
+    """The allow-list of RECORD ([] without one; the state file is untrusted)."""
+    hosts = record.options.get("allow_hosts") if record else None
+    return [h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else []
 
 
 def _old_enough(box: Container) -> bool:
@@ -943,6 +1054,9 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
     live = [containers[n].id for n in targets if n in containers]  # by id: never a namesake
     if live:
         _remove_containers(live)
+    _end_egress(store, {n: records.get(n) for n in targets})
+    if not names:
+        _sweep_egress(store, everything, (set(records) | set(containers)) - set(targets))
     _remove_volumes(store, [records[n] for n in targets if n in records],
                     [n for n in targets if n not in records])
     owners = {n: Owner(box.image, box.labels.get(docker.LABEL_USER, ""))
@@ -959,6 +1073,14 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             + (f" (removed {', '.join(targets)})" if targets else "")
         )
     return targets
+
+
+def _sweep_egress(store: StateStore, everything: bool, live: set[str]) -> None:
+    """A bare purge also removes egress pieces of this home whose sandbox is gone."""
+    from . import egress
+
+    egress.sweep(store, sorted(live), everything=everything)
+
 
 
 def remove_container(ref: str) -> None:

@@ -36,8 +36,9 @@ def test_bad_project_file_names_file_and_line(recorded: tuple[Path, dict[str, st
     proc = _run(["start"], env, project / "deep")
     assert proc.returncode == 2
     assert proc.stderr == (f"sandbox: error: {project}/sandbox.yaml:2: unknown setting 'memroy' "
-                           "(known: cap_add, cpus, disk, env, image, keep, memory, network, pids, "
-                           "ports, read_only, runtime, storage, tmpfs_size, ttl)\n")
+                           "(known: allow_hosts, cap_add, cpus, disk, egress_network, env, "
+                           "image, keep, memory, network, pids, ports, proxy_image, read_only, "
+                           "runtime, storage, tmpfs_size, ttl)\n")
     assert not calls.exists()
 
 

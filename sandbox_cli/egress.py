@@ -1,0 +1,625 @@
+"""Egress by allow-list: a sandbox that reaches the listed hosts through a proxy of its own and
+nothing else.
+
+Per sandbox started with `--allow-host`:
+
+- an engine network of its own, `--internal` and with no address of the engine host on it
+  (`com.docker.network.bridge.inhibit_ipv4`): Docker 20.10 still gives containers on an internal
+  network a default route to the host's bridge address, so without it the sandbox could reach any
+  service the host binds to 0.0.0.0;
+- a proxy container (`egress_proxy.py`, mounted read-only, run by the proxy image's python3),
+  locked down like the sandbox, attached to that network (alias `egress-proxy`, listening there
+  only) and to the egress network (default: docker's `bridge`);
+- the sandbox on the internal network only, with HTTP(S)_PROXY pointing at the proxy, and its
+  embedded DNS told to forward to an address that answers nothing (`--dns 127.0.0.1`): on Docker
+  20.10 the embedded resolver (127.0.0.11) of an internal network forwards outside names to the
+  upstream servers from inside the container's own network namespace, so a reachable upstream
+  would carry queries (and data in them) out.
+
+Everything here is labelled (`sandbox-cli.egress=1`, `.home`, `.name`, and `.attempt`: a nonce of
+the start that made it) and removed by id after a listing by label, never by name: a lost state
+file strands nothing, a failed start removes only what it made, and no container or network of
+another home, or of a same-named leftover, is touched. The listing asks about one sandbox's
+pieces (label filters of `docker ps` / `network ls`, which take no container lock), so ending
+one sandbox's egress never waits on another's. The proxy lives as long as its sandbox (same
+TTL, `--rm`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import docker, validate
+from .egress_proxy import PROXY_PORT, parse_rule, parse_rules
+from .errors import DockerError, InvalidInput
+
+if TYPE_CHECKING:
+    from .config import StartOptions
+    from .state import SandboxRecord, StateStore
+
+LABEL_EGRESS = f"{docker.LABEL_PREFIX}.egress"
+PROXY_ALIAS = "egress-proxy"
+PROXY_PROGRAM = "/sandbox-egress/proxy.py"
+PROXY_LOG_DIR = "/log"
+LOG_FILE = "egress.log"
+READY_FILE = "ready"
+ERRORS_FILE = "errors"  # the proxy's own failure, if any (it runs with --log-driver none)
+LISTEN_FILE = "listen"
+READY_TIMEOUT = 20.0
+DEFAULT_EGRESS_NETWORK = "bridge"
+DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
+NO_PROXY = "localhost,127.0.0.1,::1"
+PROXY_MEMORY = "128m"  # 64 connections of ~1 MiB of buffers each, and python
+PROXY_PIDS = 32
+READ_LIMIT = 4 << 20  # bytes of log read per file at most
+SWEEP_MIN_AGE_SECONDS = 60
+_LIST_FORMAT = f'{{{{.ID}}}}\t{{{{.Label "{docker.LABEL_NAME}"}}}}\t{{{{.CreatedAt}}}}'
+_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+# --- input ------------------------------------------------------------------------------------
+
+def allow_hosts(values: Sequence[str]) -> list[str]:
+    """Check and normalise --allow-host values (HOST[:PORT], *.domain, IP literals)."""
+    try:
+        return [rule.text() for rule in parse_rules(values)]
+    except ValueError as exc:
+        raise InvalidInput(f"--allow-host: {exc}") from None
+
+
+def allow_host(value: str) -> str:
+    """One --allow-host value, checked and normalised."""
+    try:
+        return parse_rule(value).text()
+    except ValueError as exc:
+        raise InvalidInput(f"--allow-host: {exc}") from None
+
+
+def network(value: str) -> str:
+    """An engine network name for --egress-network."""
+    if not _NETWORK_RE.match(value) or value in ("none", "host"):
+        raise InvalidInput(f"invalid egress network {value!r}: expected an engine network "
+                           "name (not none or host)")
+    return value
+
+
+def check_options(options: StartOptions) -> None:
+    """Refuse combinations without a sound meaning: an allow-list is a network of its own."""
+    if not options.allow_hosts:
+        return
+    if options.network:
+        raise InvalidInput("--allow-host cannot be combined with --network: the allow-list "
+                           "replaces the network (the sandbox reaches the listed hosts only)")
+    if options.ports:
+        raise InvalidInput("--allow-host cannot be combined with -p/--port: ports need "
+                           "--network, which the allow-list replaces")
+
+
+# --- the plan: names and argv (pure) ----------------------------------------------------------
+
+@dataclass
+class Plan:
+    """The egress pieces of one sandbox."""
+
+    sandbox: str
+    home_label: str
+    network: str  # the internal network's name
+    proxy: str  # the proxy container's name
+    allow: list[str]
+    egress_network: str
+    image: str
+    user: str
+    log_dir: str
+    lifetime: int | None
+    deny: list[str] = field(default_factory=list)
+    attempt: str = ""  # docker.LABEL_ATTEMPT's value on both pieces: the start's own
+
+
+def new_plan(store: StateStore, name: str, options: StartOptions, user: str,
+             ttl_seconds: int | None) -> Plan:
+    """Names for NAME's network and proxy. A random part keeps them from ever being another
+    container's name (a sandbox may be called anything); removal goes by label. USER may be
+    set later (the sandbox's folder decides it)."""
+    tag = os.urandom(4).hex()
+    return Plan(
+        attempt=os.urandom(8).hex(), sandbox=name, home_label=store.label,
+        network=f"sandbox-egress-{name}-{tag}",
+        proxy=f"sandbox-egress-{name}-{tag}", allow=allow_hosts(options.allow_hosts),
+        egress_network=network(options.egress_network or DEFAULT_EGRESS_NETWORK),
+        image=options.proxy_image or options.image, user=user,
+        log_dir=log_dir(store, name), lifetime=ttl_seconds, deny=sorted(host_addresses()),
+    )
+
+
+def log_dir(store: StateStore, name: str) -> str:
+    """The host folder the proxy writes its attempt log to (never inside the sandbox's own
+    folder: the sandbox must not be able to forge or plant anything there)."""
+    return os.path.join(store.home, "egress", validate.name(name))
+
+
+def _labels(plan: Plan, *, managed: bool) -> list[str]:
+    """Labels of an egress piece. The proxy container is not `managed` (that marks sandboxes:
+    `ls` and `purge` would take it for its sandbox); the network is."""
+    return ["--label", f"{LABEL_EGRESS}=1",
+            *(["--label", f"{docker.LABEL_MANAGED}=1"] if managed else []),
+            "--label", f"{docker.LABEL_HOME}={plan.home_label}",
+            "--label", f"{docker.LABEL_NAME}={plan.sandbox}",
+            *(["--label", f"{docker.LABEL_ATTEMPT}={plan.attempt}"] if plan.attempt else [])]
+
+
+def network_create_argv(plan: Plan) -> list[str]:
+    """`docker network create --internal` without an address of the host on it."""
+    return [docker.docker_binary(), "network", "create", "--internal",
+            "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+            *_labels(plan, managed=True), plan.network]
+
+
+def proxy_program_path() -> str:
+    """The proxy program on this machine (mounted read-only into the proxy)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
+
+
+def proxy_run_argv(plan: Plan) -> list[str]:
+    """`docker run -d` of the proxy: locked down as the sandbox is, on the egress network (the
+    internal one is connected next, while the sandbox starts), living as long as the sandbox
+    does. It listens on the address written to `listen` in its log folder (its address on the
+    internal network, once connected), then says so in a file `ready` there."""
+    args = ["--port", str(PROXY_PORT), "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}",
+            "--listen-file", f"{PROXY_LOG_DIR}/{LISTEN_FILE}",
+            "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}",
+            "--errors", f"{PROXY_LOG_DIR}/{ERRORS_FILE}"]
+    for rule in plan.allow:
+        args += ["--allow", rule]
+    for address in plan.deny:
+        args += ["--deny-addr", address]
+    if plan.lifetime is not None:
+        args += ["--lifetime", str(plan.lifetime)]
+    return [
+        docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
+        "--name", plan.proxy, *_labels(plan, managed=False),
+        "--network", plan.egress_network,
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
+        "--read-only", "--pids-limit", str(PROXY_PIDS),
+        "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
+        "--init",
+        "--no-healthcheck",  # as the sandbox: an image's HEALTHCHECK would run unbounded
+        "--log-driver", "none",  # as the sandbox; its own failure goes to ERRORS_FILE
+        "--env", "PYTHONDONTWRITEBYTECODE=1",
+        "--mount", f"type=bind,source={proxy_program_path()},target={PROXY_PROGRAM},readonly",
+        "--mount", f"type=bind,source={plan.log_dir},target={PROXY_LOG_DIR}",
+        "--entrypoint", "python3", plan.image, "-I", PROXY_PROGRAM, *args,
+    ]
+
+
+def network_connect_argv(network_name: str, container: str) -> list[str]:
+    """`docker network connect --alias egress-proxy NETWORK CONTAINER` (the alias is the
+    proxy's name for the sandbox, known on that network only)."""
+    return [docker.docker_binary(), "network", "connect", "--alias", PROXY_ALIAS, network_name,
+            container]
+
+
+def sandbox_network_options(plan: Plan) -> list[str]:
+    """What the sandbox gets instead of `--network none`: the internal network only, and an
+    embedded DNS that forwards outside names nowhere (loopback of the sandbox itself)."""
+    return ["--network", plan.network, "--dns", "127.0.0.1",
+            "--dns-opt", "timeout:1", "--dns-opt", "attempts:1"]
+
+
+def sandbox_env() -> dict[str, str]:
+    """The proxy variables pip, npm, curl, git and urllib read."""
+    url = f"http://{PROXY_ALIAS}:{PROXY_PORT}"
+    return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+            "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}
+
+
+def _filters(home_label: str, name: str | None, attempt: str | None) -> list[str]:
+    """Label filters: this home's egress pieces, of sandbox NAME / start ATTEMPT when given."""
+    return ["--filter", f"label={LABEL_EGRESS}=1",
+            "--filter", f"label={docker.LABEL_HOME}={home_label}",
+            *(["--filter", f"label={docker.LABEL_NAME}={name}"] if name else []),
+            *(["--filter", f"label={docker.LABEL_ATTEMPT}={attempt}"] if attempt else [])]
+
+
+def list_proxies_argv(home_label: str, name: str | None = None,
+                      attempt: str | None = None) -> list[str]:
+    """`docker ps -a` of this home's proxies (of sandbox NAME, of start ATTEMPT): ID, sandbox
+    name, created (tab-separated). ps reads the daemon's view: no container lock."""
+    return [docker.docker_binary(), "ps", "-a", "--no-trunc",
+            *_filters(home_label, name, attempt), "--format", _LIST_FORMAT]
+
+
+def list_networks_argv(home_label: str, name: str | None = None,
+                       attempt: str | None = None) -> list[str]:
+    """`docker network ls` of this home's egress networks, as list_proxies_argv."""
+    return [docker.docker_binary(), "network", "ls", "--no-trunc",
+            *_filters(home_label, name, attempt), "--format", _LIST_FORMAT]
+
+
+# --- host addresses ---------------------------------------------------------------------------
+
+def host_addresses() -> set[str]:
+    """This machine's own addresses (IPv4 by ioctl, IPv6 from /proc): the proxy refuses them
+    even when a listed name resolves to one. Linux only; elsewhere empty (the proxy still
+    refuses its own gateways, the engine host's bridge addresses)."""
+    found: set[str] = set()
+    try:
+        import fcntl
+        import socket
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _, ifname in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                                         struct.pack("256s", ifname.encode()[:15]))
+                except OSError:
+                    continue
+                found.add(socket.inet_ntoa(packed[20:24]))
+    except (OSError, ImportError, AttributeError):
+        pass
+    try:
+        import ipaddress
+
+        with open("/proc/net/if_inet6", encoding="ascii") as handle:
+            for line in handle:
+                address = ipaddress.IPv6Address(int(line.split()[0], 16))
+                if not address.is_link_local:
+                    found.add(str(address))
+    except (OSError, ValueError, IndexError):
+        pass
+    return {a for a in found if not a.startswith("127.") and a != "::1"}
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
+    """The proxy's log folder, writable by the proxy's user (PLAN.user): OWNER (as root), or
+    shared with it through ACLs (not root, when the proxy's user is not you: sandbox.py's
+    _make_folder does the same for the sandbox's folder)."""
+    parent = os.path.dirname(plan.log_dir)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(plan.log_dir, 0o755)
+    except FileExistsError:  # a leftover of an earlier sandbox of that name: start afresh
+        _remove_log_dirs(os.path.dirname(os.path.dirname(plan.log_dir)), [plan.sandbox])
+        os.mkdir(plan.log_dir, 0o755)
+    if owner is not None:
+        os.chown(plan.log_dir, *owner)
+        return
+    uid = plan.user.partition(":")[0]
+    if uid.isdigit() and int(uid) != os.getuid():
+        from . import acl
+
+        fd = os.open(plan.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            acl.share(fd, [os.getuid(), int(uid)])
+        finally:
+            os.close(fd)
+
+
+def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Run the proxy (pulling its image once if missing); returns its container id."""
+    from .errors import ImageError
+
+    try:
+        try:
+            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+        except ImageError:
+            pull(plan.image)
+            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+    except DockerError as exc:
+        low = exc.stderr.lower()
+        if "network" in low and "not found" in low:
+            raise InvalidInput(f"egress network {plan.egress_network!r} not found "
+                               "(see `docker network ls`)") from None
+        if "executable file not found" in low or "no such file" in low:
+            raise InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
+                               "choose one with --proxy-image") from None
+        raise
+
+
+def _connect_proxy(plan: Plan, proxy_id: str) -> None:
+    """Attach the proxy to the internal network; a proxy already gone means its program could
+    not start (the usual cause: an image without python3; --init starts it, so `docker run`
+    itself succeeded)."""
+    from .errors import SandboxNotFound
+
+    try:
+        docker.run_docker(network_connect_argv(plan.network, proxy_id))
+    except (SandboxNotFound, DockerError) as exc:
+        low = exc.message.lower()
+        if isinstance(exc, SandboxNotFound) or "marked for removal" in low \
+                or "not running" in low or "no such container" in low:
+            raise InvalidInput(f"the egress proxy exited at once: image {plan.image!r} needs "
+                               "python3 to run it (choose one with --proxy-image)") from None
+        raise
+
+
+def _tell_listen_address(plan: Plan, proxy_id: str) -> None:
+    """Write the proxy's address on the internal network where the proxy waits for it."""
+    import ipaddress
+
+    raw = docker.run_docker(docker.networks_argv(proxy_id)).stdout
+    try:
+        address = str(ipaddress.ip_address(json.loads(raw)[plan.network]["IPAddress"]))
+    except (ValueError, KeyError, TypeError):
+        raise DockerError(f"the egress proxy of {plan.sandbox!r} has no address on its "
+                          "internal network", [], 1, raw) from None
+    tmp = os.path.join(plan.log_dir, f".{LISTEN_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(address + "\n")
+    os.replace(tmp, os.path.join(plan.log_dir, LISTEN_FILE))
+
+
+def _wait_ready(plan: Plan) -> None:
+    """Until the proxy listens (its `ready` file appears), bounded; its own failure (written
+    to ERRORS_FILE: it has no docker log) ends the wait at once."""
+    import time
+
+    path = os.path.join(plan.log_dir, READY_FILE)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not os.path.lexists(path):
+        failed = _proxy_failure(plan)
+        if failed or time.monotonic() > deadline:
+            why = failed or f"it did not start listening within {READY_TIMEOUT:g}s"
+            raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
+        time.sleep(0.005)
+
+
+def _proxy_failure(plan: Plan) -> str:
+    """The last line of the proxy's ERRORS_FILE ('' when it has not failed), printable."""
+    try:
+        dir_fd = os.open(plan.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        text = _read_bounded(dir_fd, ERRORS_FILE)[-4096:].decode("utf-8", "replace")
+    finally:
+        os.close(dir_fd)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(c if c.isprintable() else "?" for c in lines[-1])[:300] if lines else ""
+
+
+@contextmanager
+def provisioned(plan: Plan, owner: tuple[int, int] | None,
+                pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """Start PLAN's proxy (on the egress network) in the background while the internal network
+    is created and the body starts the sandbox on it; the proxy joins the internal network as
+    soon as it exists. When the block ends, the proxy listens (or its failure is raised). The
+    caller removes what was made when anything fails (`remove`, after the sandbox's
+    container: a network cannot be removed while the sandbox is on it)."""
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+    network_made = threading.Event()
+    network_failed = threading.Event()
+
+    def work() -> None:
+        try:
+            result["proxy_id"] = proxy_id = _run_proxy(plan, pull)
+            network_made.wait()
+            if network_failed.is_set():
+                return
+            _connect_proxy(plan, proxy_id)
+            _tell_listen_address(plan, proxy_id)
+            _wait_ready(plan)
+        except BaseException as exc:  # handed to the main thread
+            failure.append(exc)
+
+    _make_log_dir(plan, owner)
+    worker = threading.Thread(target=work, name="egress-proxy", daemon=True)
+    worker.start()
+    try:
+        try:
+            docker.run_docker(network_create_argv(plan))
+        except BaseException as exc:
+            network_failed.set()
+            if isinstance(exc, DockerError):
+                raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
+                                  exc.argv, exc.returncode, exc.stderr) from None
+            raise
+        finally:
+            network_made.set()
+        yield result
+    finally:
+        worker.join()  # also after a failure: the caller's cleanup must not race the proxy
+    if failure:
+        raise failure[0]
+
+
+def _labelled(argv: list[str]) -> list[tuple[str, str, str]]:
+    """(id, sandbox name, created) rows of a listing; ids must look like ids (nothing else is
+    ever removed)."""
+    rows = []
+    out = docker.run_docker(argv, check=False).stdout
+    for line in out.splitlines():
+        ident, _, rest = line.strip().partition("\t")
+        name, _, created = rest.partition("\t")
+        if re.fullmatch(r"[0-9a-f]{12,64}", ident):
+            rows.append((ident, name, created))
+    return rows
+
+
+def _young(created: str) -> bool:
+    """True for a piece made in the last minute: it may belong to a start still under way."""
+    import time
+    from datetime import datetime
+
+    # "2026-12-01 22:30:01 +0000 UTC" (ps) or with fractional seconds (network ls)
+    found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? ([+-]\d{4})", created)
+    if not found:
+        return False
+    try:
+        when = datetime.strptime(" ".join(found.groups()), "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return False
+    return time.time() - when < SWEEP_MIN_AGE_SECONDS
+
+
+def _remove_by_label(home_label: str, chosen: Callable[[str, str], bool], *,
+                     name: str | None = None, attempt: str | None = None) -> list[str]:
+    """Remove this home's proxies, then egress networks (of sandbox NAME / start ATTEMPT only,
+    when given: the listing itself is then about them alone), for which CHOSEN(sandbox name,
+    created) holds, by id. Every call has its deadline (docker.run_docker). Returns the
+    sandbox names whose pieces were removed."""
+    proxies = [(i, n) for i, n, c in _labelled(list_proxies_argv(home_label, name, attempt))
+               if chosen(n, c)]
+    if proxies:
+        docker.run_docker(docker.remove_argv([i for i, _ in proxies]), check=False)
+    networks = [(i, n) for i, n, c in _labelled(list_networks_argv(home_label, name, attempt))
+                if chosen(n, c)]
+    for ident, _ in networks:
+        docker.run_docker(network_rm_argv(ident), check=False)
+    return sorted({n for _, n in proxies} | {n for _, n in networks})
+
+
+def network_rm_argv(network_name: str) -> list[str]:
+    """`docker network rm NETWORK`."""
+    return [docker.docker_binary(), "network", "rm", network_name]
+
+
+def remove(store: StateStore, names: Sequence[str]) -> None:
+    """Remove the proxies, networks and logs of NAMES (their sandboxes already removed)."""
+    if not names:
+        return
+    end_all(store, names)
+    _remove_log_dirs(store.home, names)
+
+
+def end_all(store: StateStore, names: Sequence[str]) -> None:
+    """Remove the proxies and networks of NAMES, keeping their logs. One name: listings of
+    that sandbox's pieces alone; several (purge, the sweep): one listing of the home's."""
+    wanted = set(names)
+    if len(wanted) == 1:
+        _remove_by_label(store.label, lambda _n, _c: True, name=next(iter(wanted)))
+    elif wanted:
+        _remove_by_label(store.label, lambda other, _created: other in wanted)
+
+
+def undo(store: StateStore, plan: Plan) -> None:
+    """A failed start: remove what PLAN's start made (found by its attempt label, so never a
+    same-named leftover's pieces), and its log folder (the name is this start's: its sandbox
+    folder was made exclusively)."""
+    _remove_by_label(store.label, lambda _n, _c: True, name=plan.sandbox, attempt=plan.attempt)
+    _remove_log_dirs(store.home, [plan.sandbox])
+
+
+def remove_logs(store: StateStore, names: Sequence[str]) -> None:
+    """Remove the attempt logs of NAMES (an expired sandbox's go with its folder)."""
+    _remove_log_dirs(store.home, names)
+
+
+def sweep(store: StateStore, live: Sequence[str], *, everything: bool = False) -> None:
+    """Remove this home's egress pieces whose sandbox is not in LIVE (a lost state file, a
+    sandbox that expired while no command ran). Pieces younger than a minute are spared
+    unless EVERYTHING: they may belong to a start under way."""
+    keep = set(live)
+    removed = _remove_by_label(
+        store.label, lambda name, created: name not in keep and (everything or not _young(created)))
+    _remove_log_dirs(store.home, removed)
+
+
+def end(store: StateStore, name: str) -> bool:
+    """`disconnect`: end NAME's egress (proxy and network removed, nothing goes out after;
+    its log stays for `sandbox egress`). Returns whether there was any."""
+    return bool(_remove_by_label(store.label, lambda _n, _c: True, name=name))
+
+
+def _remove_log_dirs(home: str, names: Sequence[str]) -> None:
+    from . import volume
+
+    folder = os.path.join(home, "egress")
+    try:
+        parent = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        for name in names:
+            volume.remove_tree(parent, validate.name(name))
+    finally:
+        os.close(parent)
+
+
+def uses_egress(record: SandboxRecord | None) -> bool:
+    """Whether a sandbox was started with an allow-list (unknown: maybe)."""
+    return record is None or "egress_network" in record.options
+
+
+def record_options(plan: Plan | None) -> dict[str, Any]:
+    """What the state record keeps of the egress (flat values only)."""
+    if plan is None:
+        return {}
+    return {"allow_hosts": list(plan.allow), "egress_network": plan.egress_network}
+
+
+# --- the attempt log --------------------------------------------------------------------------
+
+def _read_bounded(dir_fd: int, name: str) -> bytes:
+    """A regular file below DIR_FD, never through a link, at most READ_LIMIT bytes."""
+    import stat
+
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        chunks, total = [], 0
+        while total < READ_LIMIT:
+            chunk = os.read(fd, min(1 << 16, READ_LIMIT - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def attempts(store: StateStore, name: str) -> list[dict[str, Any]]:
+    """The proxy's log of NAME, oldest first: dicts of time, host, port, verdict (allowed or
+    refused), method and reason. The file is written by the proxy, which faces the sandbox:
+    every line is checked, bad ones skipped."""
+    folder = log_dir(store, name)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        raw = _read_bounded(dir_fd, LOG_FILE + ".1") + _read_bounded(dir_fd, LOG_FILE)
+    finally:
+        os.close(dir_fd)
+    found = []
+    for line in raw.splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(entry, dict):
+            continue
+        item = {
+            "time": entry.get("time"), "host": entry.get("host"), "port": entry.get("port"),
+            "verdict": entry.get("verdict"), "method": entry.get("method", ""),
+            "reason": entry.get("reason", ""),
+        }
+        if (all(isinstance(item[k], str) for k in ("time", "host", "verdict", "method", "reason"))
+                and isinstance(item["port"], int) and item["verdict"] in ("allowed", "refused")):
+            found.append(item)
+    return found
+
+
+def require_egress(record: SandboxRecord, store: StateStore) -> None:
+    """InvalidInput unless RECORD was started with an allow-list (disconnected ones count:
+    their log is kept)."""
+    if "egress_network" not in record.options and not os.path.isdir(log_dir(store, record.name)):
+        raise InvalidInput(f"sandbox {record.name!r} was not started with --allow-host "
+                           "(it has no egress proxy)")

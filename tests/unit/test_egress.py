@@ -1,0 +1,256 @@
+"""The allow-list rules, the proxy's request parsing, its log, and the egress argv shapes
+(no daemon). The behaviour on the real engine is in tests/integration/test_egress.py."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox_cli import config, docker, egress
+from sandbox_cli import egress_proxy as proxy
+from sandbox_cli.errors import InvalidInput
+from sandbox_cli.state import StateStore
+from tests.conftest import CLI
+
+
+def _allowed(rules: list[str], host: str, port: int) -> bool:
+    return proxy.host_allowed(proxy.parse_rules(rules), host, port)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("PyPI.org", "pypi.org"),
+    ("pypi.org.", "pypi.org"),
+    ("*.example.com", "*.example.com"),
+    ("example.com:8443", "example.com:8443"),
+    ("10.0.0.5", "10.0.0.5"),
+    ("10.0.0.5:80", "10.0.0.5:80"),
+    ("[::1]:8080", "[::1]:8080"),
+    ("2001:db8::1", "[2001:db8::1]"),
+    ("[::ffff:10.0.0.5]", "10.0.0.5"),
+])
+def test_rules_are_normalised(text: str, shown: str) -> None:
+    assert proxy.parse_rule(text).text() == shown
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "a b", "*.com", "*", "*example.com", "ex*ample.com", "a.*.com", "host:0",
+    "host:65536", "host:http", "-bad.com", "bad-.com", "a..b", "127.1", "[::1", "[::1]x",
+    "http://pypi.org", "pypi.org/simple", "x" * 64 + ".com",
+])
+def test_bad_rules_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        proxy.parse_rule(text)
+
+
+def test_wildcard_matches_subdomains_not_the_bare_domain() -> None:
+    rules = ["*.example.com"]
+    assert _allowed(rules, "a.example.com", 443)
+    assert _allowed(rules, "a.b.example.com", 80)
+    assert not _allowed(rules, "example.com", 443)
+    assert not _allowed(rules, "badexample.com", 443)
+    assert not _allowed(rules, "example.com.evil.test", 443)
+
+
+def test_no_port_means_80_and_443_only() -> None:
+    assert _allowed(["pypi.org"], "pypi.org", 80)
+    assert _allowed(["pypi.org"], "PYPI.ORG.", 443)
+    assert not _allowed(["pypi.org"], "pypi.org", 22)
+    assert _allowed(["pypi.org:8080"], "pypi.org", 8080)
+    assert not _allowed(["pypi.org:8080"], "pypi.org", 443)
+
+
+def test_ip_literals_only_when_listed_literally() -> None:
+    assert not _allowed(["pypi.org"], "151.101.0.223", 443)
+    assert not _allowed(["*.example.com"], "10.0.0.5", 80)
+    assert _allowed(["10.0.0.5"], "10.0.0.5", 80)
+    assert _allowed(["10.0.0.5"], "::ffff:10.0.0.5", 80)
+    assert not _allowed(["10.0.0.5"], "10.0.0.6", 80)
+    assert not _allowed(["10.0.0.5:80"], "10.0.0.5", 443)
+    assert not _allowed(["example.com"], "example.com\x00.evil", 443)
+
+
+def test_special_addresses_are_refused_unless_listed() -> None:
+    def refusal(text: str, listed: tuple[str, ...] = (),
+                denied: tuple[str, ...] = ()) -> str | None:
+        return proxy.address_refusal(ipaddress.ip_address(text),
+                                     {ipaddress.ip_address(a) for a in listed},
+                                     {ipaddress.ip_address(a) for a in denied})
+
+    assert refusal("127.0.0.1") == "loopback address"
+    assert refusal("::1") == "loopback address"
+    assert refusal("::ffff:127.0.0.1") == "loopback address"
+    assert refusal("169.254.169.254") == "link-local address (cloud metadata)"
+    assert refusal("169.254.1.1") == "link-local address"
+    assert refusal("fe80::1") == "link-local address"
+    assert refusal("0.0.0.0") == "special address"
+    assert refusal("224.0.0.1") == "special address"
+    assert refusal("192.0.2.2", denied=("192.0.2.2",)) == "an address of the engine host"
+    assert refusal("172.23.0.2") is None
+    assert refusal("169.254.169.254", listed=("169.254.169.254",)) is None
+    assert refusal("192.0.2.2", listed=("192.0.2.2",), denied=("192.0.2.2",)) is None
+
+
+def test_refusal_body_names_host_and_flag() -> None:
+    body = proxy.refusal_body("evil.test", 443, "not on the allow-list")
+    assert "evil.test:443 refused: not on the allow-list" in body
+    assert "--allow-host evil.test " in body
+    assert "--allow-host evil.test:8000" in proxy.refusal_body("evil.test", 8000, "x")
+
+
+@pytest.mark.parametrize(("method", "target", "expected"), [
+    ("CONNECT", "pypi.org:443", ("pypi.org", 443, "")),
+    ("CONNECT", "[2001:db8::1]:443", ("2001:db8::1", 443, "")),
+    ("GET", "http://Allowed.Example.Test:8000/x?y=1", ("allowed.example.test", 8000, "/x?y=1")),
+    ("GET", "http://example.com", ("example.com", 80, "/")),
+    ("GET", "http://example.com?q", ("example.com", 80, "/?q")),
+    ("POST", "http://example.com/p#frag", ("example.com", 80, "/p")),
+])
+def test_request_targets(method: str, target: str, expected: tuple[str, int, str]) -> None:
+    assert proxy._target(method, target) == expected
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("CONNECT", "pypi.org"), ("CONNECT", "pypi.org:99999"), ("GET", "/"),
+    ("GET", "https://pypi.org/"), ("GET", "http://user:pw@pypi.org/"), ("GET", "ftp://x/"),
+])
+def test_bad_targets_are_refused(method: str, target: str) -> None:
+    with pytest.raises(proxy._Refused):
+        proxy._target(method, target)
+
+
+def test_forwarded_head_drops_proxy_headers_and_closes() -> None:
+    head = proxy._forward_head("GET", "/a", "HTTP/1.1",
+                               [("Host", "x.test"), ("Proxy-Authorization", "secret"),
+                                ("Proxy-Connection", "keep-alive"), ("Connection", "keep-alive"),
+                                ("Accept", "*/*")], "x.test", 80).decode()
+    assert head.startswith("GET /a HTTP/1.1\r\n")
+    assert "Proxy-" not in head and "keep-alive" not in head
+    assert head.endswith("Accept: */*\r\nConnection: close\r\n\r\n")
+
+
+def test_attempt_log_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "egress.log"
+    log = proxy.AttemptLog(str(path), max_bytes=4096)
+    for i in range(500):
+        log.write(host=f"h{i}.test", port=443, verdict="refused", method="CONNECT", reason="x")
+    assert path.stat().st_size <= 4096
+    assert (tmp_path / "egress.log.1").stat().st_size <= 4096
+    assert json.loads(path.read_text().splitlines()[-1])["host"] == "h499.test"
+
+
+def test_attempts_skip_bad_lines_and_links(tmp_path: Path) -> None:
+    store = StateStore(str(tmp_path / "home"))
+    folder = Path(egress.log_dir(store, "box"))
+    folder.mkdir(parents=True)
+    good = {"time": "2026-12-01T00:00:00Z", "host": "a.test", "port": 443,
+            "verdict": "allowed", "method": "CONNECT"}
+    lines = [json.dumps(good), "not json", json.dumps({**good, "port": "443"}),
+             json.dumps({**good, "verdict": "maybe"}), "[" * 100000, json.dumps([1])]
+    (folder / "egress.log").write_text("\n".join(lines) + "\n")
+    secret = tmp_path / "secret"
+    secret.write_text(json.dumps({**good, "host": "secret.test"}) + "\n")
+    (folder / "egress.log.1").symlink_to(secret)
+    rows = egress.attempts(store, "box")
+    assert rows == [{**good, "reason": ""}]
+
+
+def test_allow_host_input_and_config(tmp_path: Path) -> None:
+    assert egress.allow_hosts(["A.test", "a.test", "*.b.test:8443"]) == ["a.test", "*.b.test:8443"]
+    with pytest.raises(InvalidInput, match="--allow-host"):
+        egress.allow_hosts(["bad host"])
+    with pytest.raises(InvalidInput):
+        egress.network("host")
+    env = {"SANDBOX_ALLOW_HOSTS": "pypi.org, files.pythonhosted.org",
+           "SANDBOX_EGRESS_NETWORK": "corp-net", "SANDBOX_PROXY_IMAGE": "python:3.12-alpine"}
+    settings = config.from_environment(env)
+    assert settings == {"allow_hosts": ["pypi.org", "files.pythonhosted.org"],
+                        "egress_network": "corp-net", "proxy_image": "python:3.12-alpine"}
+
+
+def test_project_file_adding_hosts_is_a_loosening() -> None:
+    lower = config.StartOptions(allow_hosts=["pypi.org"])
+    assert config.loosenings(lower, {"allow_hosts": ["pypi.org"]}) == []
+    assert config.loosenings(lower, {"allow_hosts": ["evil.test"]}) == ["allow_hosts"]
+    assert config.loosenings(lower, {"egress_network": "other"}) == ["egress_network"]
+
+
+def _plan(**overrides: object) -> egress.Plan:
+    values: dict[str, object] = dict(
+        sandbox="box", home_label="abc", network="sandbox-egress-box-1",
+        proxy="sandbox-egress-box-1",
+        allow=["pypi.org"], egress_network="bridge", image="python:alpine",
+        user="65534:65534", log_dir="/h/egress/box", lifetime=3600, deny=["192.0.2.2"])
+    values.update(overrides)
+    return egress.Plan(**values)  # type: ignore[arg-type]
+
+
+def test_network_is_internal_without_a_host_address() -> None:
+    argv = egress.network_create_argv(_plan())
+    assert argv[1:4] == ["network", "create", "--internal"]
+    assert "com.docker.network.bridge.inhibit_ipv4=true" in argv
+    assert "sandbox-cli.home=abc" in argv and "sandbox-cli.name=box" in argv
+    assert argv[-1] == "sandbox-egress-box-1"
+
+
+def test_proxy_argv_is_locked_down() -> None:
+    argv = egress.proxy_run_argv(_plan())
+    joined = " ".join(argv)
+    for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
+                 "--user 65534:65534", "--read-only", "--pids-limit", "--memory 128m",
+                 "--memory-swap 128m", "--no-healthcheck", "--network bridge",
+                 "--ready /log/ready", "--listen-file /log/listen", "--allow pypi.org",
+                 "--deny-addr 192.0.2.2",
+                 "--lifetime 3600", f"source={egress.proxy_program_path()},target="
+                 f"{egress.PROXY_PROGRAM},readonly"):
+        assert flag in joined, flag
+    assert "sandbox-cli.managed=1" not in argv  # not a sandbox to ls or purge
+    assert "--lifetime" not in egress.proxy_run_argv(_plan(lifetime=None))
+    assert egress.network_connect_argv("net", "p")[-4:] == ["--alias", "egress-proxy", "net", "p"]
+    assert os.path.isfile(egress.proxy_program_path())
+
+
+def test_sandbox_gets_the_internal_network_and_proxy_variables() -> None:
+    spec = docker.RunSpec(name="box", image="img", volume="/v", user="1:1", home_label="h",
+                          ttl_seconds=10,
+                          network_options=egress.sandbox_network_options(_plan()))
+    argv = docker.run_argv(spec)
+    assert argv[argv.index("--network") + 1] == "sandbox-egress-box-1"
+    assert argv.count("--network") == 1
+    assert argv[argv.index("--dns") + 1] == "127.0.0.1"
+    env = egress.sandbox_env()
+    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress-proxy:3128"
+    assert "127.0.0.1" in env["NO_PROXY"] and env["NO_PROXY"] == env["no_proxy"]
+
+
+@pytest.mark.parametrize("extra", [["--network"], ["-p", "8080:80"]])
+def test_allow_host_with_network_or_port_is_exit_2(fake_docker: tuple[Path, dict[str, str]],
+                                                   tmp_path: Path, extra: list[str]) -> None:
+    calls, settings = fake_docker
+    env = {**os.environ, **settings, "SANDBOX_HOME": str(tmp_path / "home"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    args = ["start", "--allow-host", "pypi.org", *extra]
+    if extra[0] == "-p":
+        args.append("--network")
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("sandbox: error: --allow-host cannot be combined with ")
+    assert proc.stderr.count("\n") == 1
+    assert not calls.exists()  # refused before any docker call
+
+
+def test_bad_allow_host_is_exit_2(fake_docker: tuple[Path, dict[str, str]],
+                                  tmp_path: Path) -> None:
+    calls, settings = fake_docker
+    env = {**os.environ, **settings, "SANDBOX_HOME": str(tmp_path / "home"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.run([*CLI, "start", "--allow-host", "*.com"], capture_output=True,
+                          text=True, env=env, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--allow-host" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not calls.exists()
