@@ -365,6 +365,8 @@ def _exec(store: StateStore, name: str, command: Sequence[str], env: dict[str, s
 
     # By id, not name: a container of the same name from another home is never entered.
     record = require(store, name)
+    if record.options.get("paused") is True:  # pausing.PAUSED_OPTION: no docker call needed
+        raise SandboxNotFound(f"paused: `sandbox resume {name}`")
     target = container_ref(record)
     user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
     forward, use_tty = stdin_mode(tty)
@@ -414,6 +416,8 @@ def _require_running(target: str, name: str) -> None:
             raise failure
         raise SandboxNotFound(f"sandbox {name!r} has no container any more: "
                               f"`sandbox purge {name}` clears it")
+    if status == "paused":  # paused behind our back (`docker pause`): as pausing.paused_message
+        raise SandboxNotFound(f"paused: `sandbox resume {name}`")
     if status != "running":
         raise SandboxNotFound(f"sandbox {name!r} is {status}, not running")
 

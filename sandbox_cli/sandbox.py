@@ -196,8 +196,17 @@ def _remove_folders(store: StateStore, names: Iterable[str],
             except PermissionError:
                 _unlock(store, name, (images or {}).get(name))
                 volume.remove_tree(parent, name, tally)
+            _remove_logs(store, name)
     finally:
         os.close(parent)
+
+
+def _remove_logs(store: StateStore, name: str) -> None:
+    """The logs of NAME's detached processes (background.py), when it has any."""
+    if os.path.isdir(os.path.join(store.home, "logs", name)):
+        from . import background
+
+        background.remove_logs(store, name)
 
 
 def _unlock(store: StateStore, name: str, image: str | None) -> None:
@@ -420,7 +429,28 @@ def start(store: StateStore, options: StartOptions, name: str | None = None,
     """Create and start a locked-down container with the sandbox folder mounted at /app."""
     ttl_seconds = None if options.keep else validate.duration(options.ttl)
     prepared = _prepare(store, options, name, ttl_seconds, report)
+    _seed_from_snapshot(store, options.image, prepared, report)
     return _create(store, options, prepared, docker.run_argv, progress)
+
+
+def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
+                        report: Report | None) -> None:
+    """When IMAGE is a snapshot (snapshots.py), fill the new folder with its /app; on any
+    failure the start is undone."""
+    from . import snapshots
+
+    try:
+        if not snapshots.is_snapshot(image):
+            return
+        uid, _, gid = prepared.spec.user.partition(":")
+        owner = (int(uid), int(gid)) if os.getuid() == 0 and uid.isdigit() and gid.isdigit() \
+            else None
+        walked = snapshots.seed(store, image, prepared.name, owner)
+    except BaseException:
+        _undo_start(store, prepared, "")
+        raise
+    _say(report, f"/app seeded from snapshot {image} ({walked.files} "
+         f"file{'s' * (walked.files != 1)}, {human_bytes(walked.bytes)})")
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,
@@ -434,6 +464,7 @@ def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[
     if not command or not command[0]:
         raise InvalidInput("no command given")
     prepared = _prepare(store, options, name, validate.duration(options.ttl), report)
+    _seed_from_snapshot(store, options.image, prepared, report)
 
     def build(spec: docker.RunSpec) -> list[str]:
         return docker.create_argv(spec, command, workdir=workdir, stdin=stdin, tty=tty)
