@@ -28,6 +28,7 @@ the timed-out exec runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,11 +211,9 @@ def relay(folder: str, ready_fd: int, env_fd: int) -> int:
     code = proc.wait()
     for log in logs.values():
         log.close()
-    try:
+    with contextlib.suppress(OSError):  # purged meanwhile
         _write_json(folder, "exit.json", {"exit_code": code if code >= 0 else 128 - code,
                                           "ended_at": now_iso()})
-    except OSError:
-        pass  # purged meanwhile
     return 0
 
 
@@ -345,9 +344,9 @@ def show_logs(store: StateStore, name: str, ident: str | None, *, tail: int | No
               follow: bool = False) -> None:
     """Write a detached process's stored stdout to our stdout and stderr to our stderr
     (bytes as stored); FOLLOW keeps writing what comes until it ends."""
-    folder, status = _pick(store, name, ident)
+    folder, _ = _pick(store, name, ident)
     positions = {}
-    for fd, stream in zip((1, 2), _STREAMS):
+    for fd, stream in zip((1, 2), _STREAMS, strict=True):
         _write_all(fd, _tail(_stored(folder, stream), tail))
         positions[stream] = _position(folder, stream)
     if not follow:
@@ -355,7 +354,7 @@ def show_logs(store: StateStore, name: str, ident: str | None, *, tail: int | No
     while True:
         ended = _read_json(os.path.join(folder, "exit.json")) is not None \
             or not (_status(folder) or {}).get("running")
-        for fd, stream in zip((1, 2), _STREAMS):
+        for fd, stream in zip((1, 2), _STREAMS, strict=True):
             positions[stream] = _follow_once(folder, stream, positions[stream], fd)
         if ended:
             return

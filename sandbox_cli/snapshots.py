@@ -23,6 +23,7 @@ directory descriptors by rename, owned by the new sandbox's user).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -83,7 +84,7 @@ def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
-def _copy_exact(src: int, out: IO[bytes], size: int) -> None:
+def _copy_exact(src: int, out: Any, size: int) -> None:
     """SIZE bytes of SRC to OUT: a file that shrank meanwhile is padded with zeros, one that
     grew is cut at SIZE (the tar header already holds the size)."""
     left = size
@@ -99,29 +100,35 @@ def _copy_exact(src: int, out: IO[bytes], size: int) -> None:
 def write_workspace_tar(root_fd: int, out: IO[bytes], prefix: str = "app") -> Walked:
     """The tree below ROOT_FD as a tar stream on OUT, its entries under PREFIX/."""
     walked = Walked()
-    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                       encoding="utf-8", errors="surrogateescape")
     stack: list[tuple[str, int, Iterator[str]]] = []
-    try:
-        tar.addfile(_info(prefix, os.fstat(root_fd), tarfile.DIRTYPE))
-        stack.append((prefix, os.dup(root_fd), iter(sorted(os.listdir(root_fd)))))
-        while stack:
-            path, dir_fd, names = stack[-1]
-            name = next(names, None)
-            if name is None:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tar:
+        try:
+            _walk_into(tar, root_fd, prefix, walked, stack)
+        finally:
+            for _, dir_fd, _ in stack:
                 os.close(dir_fd)
-                stack.pop()
-                continue
-            if walked.files + walked.dirs >= MAX_ENTRIES:
-                raise UnsafePath(f"/app holds more than {MAX_ENTRIES:,} entries: not snapshot")
-            child = _add_entry(tar, dir_fd, f"{path}/{name}", name, walked, len(stack))
-            if child is not None:
-                stack.append(child)
-    finally:
-        for _, dir_fd, _ in stack:
-            os.close(dir_fd)
-        tar.close()
     return walked
+
+
+def _walk_into(tar: tarfile.TarFile, root_fd: int, prefix: str, walked: Walked,
+               stack: list[tuple[str, int, Iterator[str]]]) -> None:
+    """Depth first, one descriptor a level (STACK holds them; the caller closes what is
+    left), names sorted."""
+    tar.addfile(_info(prefix, os.fstat(root_fd), tarfile.DIRTYPE))
+    stack.append((prefix, os.dup(root_fd), iter(sorted(os.listdir(root_fd)))))
+    while stack:
+        path, dir_fd, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            os.close(dir_fd)
+            stack.pop()
+            continue
+        if walked.files + walked.dirs >= MAX_ENTRIES:
+            raise UnsafePath(f"/app holds more than {MAX_ENTRIES:,} entries: not snapshot")
+        child = _add_entry(tar, dir_fd, f"{path}/{name}", name, walked, len(stack))
+        if child is not None:
+            stack.append(child)
 
 
 def _add_entry(tar: tarfile.TarFile, dir_fd: int, path: str, name: str, walked: Walked,
@@ -209,15 +216,19 @@ def _base_env(config: dict[str, Any]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+def _env_lines(base: dict[str, Any], env_keys: list[str]) -> list[str]:
+    """ENV lines putting each -e key (its value may be a secret) back to the base image's
+    value, or to empty when the base has none (a Dockerfile cannot unset a variable)."""
+    base_env = _base_env(base)
+    return [f"ENV {key}={_quote(base_env.get(key, ''))}" for key in sorted(set(env_keys))
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)]
+
+
 def dockerfile(base_image_id: str, base: dict[str, Any], env_keys: list[str],
                labels: dict[str, str]) -> str:
     """The snapshot's Dockerfile: FROM the committed container, /app added, and the config
     the sandbox container imposed put back to the base image's (BASE: its Config)."""
-    lines = [f"FROM {base_image_id}", "ADD app.tar /"]
-    base_env = _base_env(base)
-    for key in sorted(set(env_keys)):  # -e values may be secrets: never in the image
-        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            lines.append(f"ENV {key}={_quote(base_env.get(key, ''))}")
+    lines = [f"FROM {base_image_id}", "ADD app.tar /", *_env_lines(base, env_keys)]
     for key in ("Entrypoint", "Cmd"):
         value = base.get(key)
         words = [str(v) for v in value] if isinstance(value, list) else []
@@ -274,7 +285,10 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
     chosen = tag or default_tag(name)
     _check_tag(store, chosen)
     base = _image_config(record.image)
-    argv = [docker.docker_binary(), "commit", container_ref(record)]
+    # The -e values are reset in the commit itself too: not even the intermediate image
+    # (the parent of the snapshot, kept by the engine) holds them.
+    resets = [arg for line in _env_lines(base, record.env_keys) for arg in ("--change", line)]
+    argv = [docker.docker_binary(), "commit", *resets, container_ref(record)]
     committed = docker.run_docker(argv, timeout=docker.DEADLINE_CREATE).stdout.strip()
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", committed):
         raise DockerError(f"docker commit gave no image id: {committed[:80]!r}", argv)
@@ -296,13 +310,11 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
 def _write_context(out: IO[bytes], root_fd: int, text: str) -> Walked:
     """The build context, a tar of Dockerfile and app.tar, written to OUT (a seekable
     file): app.tar's header is written last, once its size is known."""
-    import io
-
-    outer = tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT)
     data = text.encode()
     info = tarfile.TarInfo("Dockerfile")
     info.size, info.mode = len(data), 0o644
-    outer.addfile(info, io.BytesIO(data))
+    out.write(info.tobuf(tarfile.USTAR_FORMAT))
+    out.write(data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
     header_at = out.tell()
     out.write(b"\0" * tarfile.BLOCKSIZE)  # app.tar's header, filled in below
     walked = write_workspace_tar(root_fd, out)
@@ -337,10 +349,8 @@ def _build(context: IO[bytes], tag: str) -> str:
 
 
 def _remove_image_quietly(ref: str) -> None:
-    try:
+    with contextlib.suppress(SandboxError):
         docker.run_docker([docker.docker_binary(), "rmi", ref], check=False)
-    except SandboxError:
-        pass
 
 
 # --- listing and removal -------------------------------------------------------------------
