@@ -27,7 +27,8 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to disconnect purge ls build-repo run doctor)
+            commands=(start exec logs kill write read copy-to disconnect purge ls snapshot pause
+              resume build-repo run doctor)
             flags=(--verbose -v --version --help -h)
             valued=()
             files=()
@@ -43,10 +44,23 @@ _sandbox_spec() {
             args=()
             ;;
         exec)
-            flags=(--timeout --env -e --workdir -w --tty --no-tty -t -T --json --help -h)
+            flags=(--timeout --env -e --workdir -w --tty --no-tty -t -T --json --detach -d
+              --help -h)
             valued=(--timeout --env -e --workdir -w)
             files=()
             args=(sandbox argv...)
+            ;;
+        logs)
+            flags=(--follow -f --tail -n --help -h)
+            valued=(--tail -n)
+            files=()
+            args=(sandbox none)
+            ;;
+        kill)
+            flags=(--json --help -h)
+            valued=()
+            files=()
+            args=(sandbox none)
             ;;
         write)
             flags=(--help -h)
@@ -73,16 +87,34 @@ _sandbox_spec() {
             args=(sandbox)
             ;;
         purge)
-            flags=(--all --json --help -h)
+            flags=(--all --snapshots --json --help -h)
             valued=()
             files=()
             args=(sandbox...)
             ;;
         ls)
-            flags=(--json --help -h)
+            flags=(--json --snapshots --help -h)
             valued=()
             files=()
             args=()
+            ;;
+        snapshot)
+            flags=(--tag --json --help -h)
+            valued=(--tag)
+            files=()
+            args=(sandbox)
+            ;;
+        pause)
+            flags=(--help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
+        resume)
+            flags=(--help -h)
+            valued=()
+            files=()
+            args=(sandbox)
             ;;
         build-repo)
             flags=(--branch --dir --tag --json --help -h)
