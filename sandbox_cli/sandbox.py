@@ -4,6 +4,7 @@ build-repo. No printing and no typer here: results are returned, failures raised
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -446,8 +447,15 @@ def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
         owner = (int(uid), int(gid)) if os.getuid() == 0 and uid.isdigit() and gid.isdigit() \
             else None
         walked = snapshots.seed(store, image, prepared.name, owner)
+    except OSError as exc:  # a full --disk cap above all: say which step, exit 1
+        _remove_folders(store, [prepared.name])
+        raise OSError(exc.errno, f"could not fill /app from snapshot {image}: "
+                      f"{exc.strerror or exc}" + (" (a larger --disk?)"
+                                                  if exc.errno == errno.ENOSPC else "")) from None
     except BaseException:
-        _undo_start(store, prepared, "")
+        # No container yet: only the folder to undo (never _undo_start, whose search by
+        # attempt nonce has no nonce to go by before _create).
+        _remove_folders(store, [prepared.name])
         raise
     _say(report, f"/app seeded from snapshot {image} ({walked.files} "
          f"file{'s' * (walked.files != 1)}, {human_bytes(walked.bytes)})")

@@ -115,3 +115,27 @@ def test_snapshot_of_a_paused_sandbox_and_bad_tags(start_box: Callable[..., str]
     finally:
         sandbox("resume", name)
         _rmi(tag)
+
+
+def test_a_failed_seed_undoes_its_own_start_only(start_box: Callable[..., str],
+                                                 sandbox: Runner, home: Path) -> None:
+    bystander = start_box()
+    source = start_box()
+    tag = f"sandbox-test-snap/{os.urandom(4).hex()}:big"
+    sandbox("exec", source, "dd", "if=/dev/zero", "of=big", "bs=1M", "count=20", check=True)
+    try:
+        sandbox("snapshot", source, "--tag", tag, check=True)
+        name = "t-" + os.urandom(4).hex()
+        failed = sandbox("start", "--name", name, "--image", tag, "--disk", "16m")
+        assert failed.returncode == 1
+        assert failed.stderr.startswith(b"sandbox: error: could not fill /app from snapshot")
+        assert b"Traceback" not in failed.stderr
+        assert not (home / "volumes" / name).exists()
+        rows = {r["name"]: r["status"]
+                for r in json.loads(sandbox("ls", "--json", check=True).stdout)}
+        assert rows == {bystander: "running", source: "running"}
+        seeds = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={name}-seed"],
+                               capture_output=True, text=True, timeout=30).stdout
+        assert seeds.strip() == ""
+    finally:
+        _rmi(tag)
