@@ -109,7 +109,8 @@ def launch(store: StateStore, name: str, command: Sequence[str], *,
             str(env_fd if env_fd is not None else -1)]
     try:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True)
+                         stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
+                         cwd="/")  # holds no folder of yours busy
     finally:
         for fd in fds:
             os.close(fd)

@@ -21,7 +21,9 @@ def _image_env(ref: str) -> str:
                           capture_output=True, text=True, timeout=30).stdout
 
 
-def _rmi(*refs: str) -> None:
+def _rmi(sandbox: Runner, *refs: str) -> None:
+    """Remove the test's images: its sandboxes first (an image a container uses stays)."""
+    sandbox("purge", "--all")
     subprocess.run(["docker", "rmi", *refs], capture_output=True, timeout=60)
 
 
@@ -61,7 +63,7 @@ def test_snapshot_then_start_from_it_gives_the_same_files_and_modes(
                                    check=True).stdout)
         assert made2["tag"] == tag + "b" and made2["skipped"] == {}
     finally:
-        _rmi(tag, tag + "b")
+        _rmi(sandbox, tag, tag + "b")
 
 
 def test_ls_and_purge_snapshots_touch_only_this_homes_snapshot_images(
@@ -99,7 +101,7 @@ def test_ls_and_purge_snapshots_touch_only_this_homes_snapshot_images(
                                   timeout=30).returncode == 0
         assert name in sandbox("ls", check=True).stdout.decode()  # sandboxes untouched
     finally:
-        _rmi(ours, theirs, plain)
+        _rmi(sandbox, ours, theirs, plain)
 
 
 def test_snapshot_of_a_paused_sandbox_and_bad_tags(start_box: Callable[..., str],
@@ -114,7 +116,7 @@ def test_snapshot_of_a_paused_sandbox_and_bad_tags(start_box: Callable[..., str]
         assert sandbox("snapshot", "no-such-box").returncode == 3
     finally:
         sandbox("resume", name)
-        _rmi(tag)
+        _rmi(sandbox, tag)
 
 
 def test_a_failed_seed_undoes_its_own_start_only(start_box: Callable[..., str],
@@ -138,4 +140,4 @@ def test_a_failed_seed_undoes_its_own_start_only(start_box: Callable[..., str],
                                capture_output=True, text=True, timeout=30).stdout
         assert seeds.strip() == ""
     finally:
-        _rmi(tag)
+        _rmi(sandbox, tag)
