@@ -27,8 +27,8 @@ _sandbox_names() {
 _sandbox_spec() {
     case $1 in
         '')
-            commands=(start exec write read copy-to copy-from diff disconnect purge ls egress
-              build-repo run doctor mcp)
+            commands=(start exec logs kill write read copy-to copy-from diff disconnect purge ls
+              egress snapshot pause resume build-repo run doctor mcp)
             flags=(--verbose -v --version --help -h)
             valued=()
             files=()
@@ -46,10 +46,23 @@ _sandbox_spec() {
             args=()
             ;;
         exec)
-            flags=(--timeout --env -e --workdir -w --tty --no-tty -t -T --json --help -h)
+            flags=(--timeout --env -e --workdir -w --tty --no-tty -t -T --json --detach -d
+              --help -h)
             valued=(--timeout --env -e --workdir -w)
             files=()
             args=(sandbox argv...)
+            ;;
+        logs)
+            flags=(--follow -f --tail -n --help -h)
+            valued=(--tail -n)
+            files=()
+            args=(sandbox none)
+            ;;
+        kill)
+            flags=(--json --help -h)
+            valued=()
+            files=()
+            args=(sandbox none)
             ;;
         write)
             flags=(--help -h)
@@ -88,19 +101,37 @@ _sandbox_spec() {
             args=(sandbox)
             ;;
         purge)
-            flags=(--all --json --help -h)
+            flags=(--all --snapshots --json --help -h)
             valued=()
             files=()
             args=(sandbox...)
             ;;
         ls)
-            flags=(--json --help -h)
+            flags=(--json --snapshots --help -h)
             valued=()
             files=()
             args=()
             ;;
         egress)
             flags=(--json --help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
+        snapshot)
+            flags=(--tag --json --help -h)
+            valued=(--tag)
+            files=()
+            args=(sandbox)
+            ;;
+        pause)
+            flags=(--help -h)
+            valued=()
+            files=()
+            args=(sandbox)
+            ;;
+        resume)
+            flags=(--help -h)
             valued=()
             files=()
             args=(sandbox)

@@ -71,6 +71,14 @@ function __sandbox_state
                     set valued --timeout --env -e --workdir -w
                     set files
                     set args sandbox argv...
+                case logs
+                    set valued --tail -n
+                    set files
+                    set args sandbox none
+                case kill
+                    set valued
+                    set files
+                    set args sandbox none
                 case write
                     set valued
                     set files
@@ -104,6 +112,18 @@ function __sandbox_state
                     set files
                     set args
                 case egress
+                    set valued
+                    set files
+                    set args sandbox
+                case snapshot
+                    set valued --tag
+                    set files
+                    set args sandbox
+                case pause
+                    set valued
+                    set files
+                    set args sandbox
+                case resume
                     set valued
                     set files
                     set args sandbox
@@ -177,6 +197,8 @@ complete -c sandbox -n '__sandbox_at sandbox' -a '(__sandbox_free_names)' -d san
 # Subcommands.
 complete -c sandbox -n '__sandbox_at subcommand' -a start -d 'Start a sandbox and print its name (NAME=$(sandbox start))'
 complete -c sandbox -n '__sandbox_at subcommand' -a exec -d 'Run a command in a sandbox; exits with its exit code (124 on timeout)'
+complete -c sandbox -n '__sandbox_at subcommand' -a logs -d 'Show a detached process\'s output (stdout to stdout, stderr to stderr; the last 1 MiB)'
+complete -c sandbox -n '__sandbox_at subcommand' -a kill -d 'End a detached process and everything it started'
 complete -c sandbox -n '__sandbox_at subcommand' -a write -d 'Write TEXT (or stdin, binary-safe) to a file in the sandbox folder'
 complete -c sandbox -n '__sandbox_at subcommand' -a read -d 'Write a file\'s bytes from the sandbox folder to stdout'
 complete -c sandbox -n '__sandbox_at subcommand' -a copy-to -d 'Copy host files matching PATTERN (relative to the current directory) into the sandbox'
@@ -186,6 +208,9 @@ complete -c sandbox -n '__sandbox_at subcommand' -a disconnect -d 'Detach a sand
 complete -c sandbox -n '__sandbox_at subcommand' -a purge -d 'Remove sandboxes: with names, those; with none, every one not started with --keep'
 complete -c sandbox -n '__sandbox_at subcommand' -a ls -d 'List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped'
 complete -c sandbox -n '__sandbox_at subcommand' -a egress -d 'List the attempts a sandbox\'s egress proxy allowed and refused (see --allow-host)'
+complete -c sandbox -n '__sandbox_at subcommand' -a snapshot -d 'Save a sandbox\'s container and its /app as an image; prints the tag (start --image TAG)'
+complete -c sandbox -n '__sandbox_at subcommand' -a pause -d 'Freeze a sandbox\'s processes (no CPU); exec is refused until `sandbox resume`'
+complete -c sandbox -n '__sandbox_at subcommand' -a resume -d 'Thaw a paused sandbox'
 complete -c sandbox -n '__sandbox_at subcommand' -a build-repo -d 'Build an image from a git repository (docker build -t TAG URL#BRANCH:DIR)'
 complete -c sandbox -n '__sandbox_at subcommand' -a run -d 'Start, copy, exec and purge in one: exits with the command\'s code, always cleans up'
 complete -c sandbox -n '__sandbox_at subcommand' -a doctor -d 'Check docker, the daemon, runtimes, the default image and the state folder'
@@ -225,7 +250,17 @@ complete -c sandbox -n '__sandbox_options exec' -l env -s e -x -d 'KEY=VALUE (or
 complete -c sandbox -n '__sandbox_options exec' -l workdir -s w -x -d 'Working directory in the container [default: /app]'
 complete -c sandbox -n '__sandbox_options exec' -l tty -l no-tty -s t -s T -d 'Allocate a terminal (stderr then merges into stdout), or never [default: only when stdin, stdout and stderr are all terminals]'
 complete -c sandbox -n '__sandbox_options exec' -l json -d 'Print {exitCode, stdout, stderr, failed, ...} instead of streaming'
+complete -c sandbox -n '__sandbox_options exec' -l detach -s d -d 'Run in the background and print its id (see `sandbox logs`, `sandbox kill`)'
 complete -c sandbox -n '__sandbox_options exec' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox logs`.
+complete -c sandbox -n '__sandbox_options logs' -l follow -s f -d 'Keep printing output until it ends'
+complete -c sandbox -n '__sandbox_options logs' -l tail -s n -x -d 'Only the last N lines of each stream'
+complete -c sandbox -n '__sandbox_options logs' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox kill`.
+complete -c sandbox -n '__sandbox_options kill' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options kill' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox write`.
 complete -c sandbox -n '__sandbox_options write' -l help -s h -d 'Show this message and exit'
@@ -259,16 +294,29 @@ complete -c sandbox -n '__sandbox_options disconnect' -l help -s h -d 'Show this
 
 # Options of `sandbox purge`.
 complete -c sandbox -n '__sandbox_options purge' -l all -d 'Remove every sandbox, --keep ones too'
+complete -c sandbox -n '__sandbox_options purge' -l snapshots -d 'Remove this home\'s snapshot images instead (with --all: after every sandbox)'
 complete -c sandbox -n '__sandbox_options purge' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options purge' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox ls`.
 complete -c sandbox -n '__sandbox_options ls' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options ls' -l snapshots -d 'List this home\'s snapshot images instead'
 complete -c sandbox -n '__sandbox_options ls' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox egress`.
 complete -c sandbox -n '__sandbox_options egress' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options egress' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox snapshot`.
+complete -c sandbox -n '__sandbox_options snapshot' -l tag -x -d 'Image tag [default: sandbox-snapshot/NAME:TIME]'
+complete -c sandbox -n '__sandbox_options snapshot' -l json -d 'Print JSON on stdout'
+complete -c sandbox -n '__sandbox_options snapshot' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox pause`.
+complete -c sandbox -n '__sandbox_options pause' -l help -s h -d 'Show this message and exit'
+
+# Options of `sandbox resume`.
+complete -c sandbox -n '__sandbox_options resume' -l help -s h -d 'Show this message and exit'
 
 # Options of `sandbox build-repo`.
 complete -c sandbox -n '__sandbox_options build-repo' -l branch -x -d 'Branch or tag'

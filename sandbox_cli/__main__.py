@@ -30,8 +30,10 @@ _DOCKER_HABITS = {
            "terminals: drop -it (-t forces one)",
     "-ti": "sandbox allocates a terminal by itself when stdin, stdout and stderr are "
            "terminals: drop -ti (-t forces one)",
-    "-d": "a sandbox lives on by itself: `sandbox start`, then `sandbox exec`",
-    "--detach": "a sandbox lives on by itself: `sandbox start`, then `sandbox exec`",
+    # exec has its own --detach; run waits for its command
+    "-d": "`sandbox run` waits for its command: `sandbox start`, then `sandbox exec --detach`",
+    "--detach": "`sandbox run` waits for its command: `sandbox start`, then "
+                "`sandbox exec --detach`",
     "-u": "the sandbox's user is fixed at start",
     "--user": "the sandbox's user is fixed at start",
     "--rm": "`sandbox run` always removes its sandbox",

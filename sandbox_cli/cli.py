@@ -276,11 +276,20 @@ def exec_(
             "--json", help="Print {exitCode, stdout, stderr, failed, ...} instead of streaming."
         ),
     ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", "-d",
+                     help="Run in the background and print its id (see `sandbox logs`, "
+                     "`sandbox kill`)."),
+    ] = False,
 ) -> None:
     """Run a command in a sandbox; exits with its exit code (124 on timeout)."""
     seconds = core.timeout_seconds(timeout)
     pairs = core.env_pairs(env)
     directory = validate.container_dir(workdir) if workdir else None
+    if detach:
+        _exec_detached(name, command, pairs, directory, seconds, tty, json_out)
+        return
     if json_out:
         if tty:
             raise InvalidInput("--json keeps stdout and stderr apart: it cannot use --tty")
@@ -295,6 +304,60 @@ def exec_(
     )
     ui.report_stop(outcome, seconds, name)
     raise typer.Exit(outcome.code)
+
+
+def _exec_detached(name: str, command: list[str], env: dict[str, str], workdir: str | None,
+                   seconds: float | None, tty: bool | None, json_out: bool) -> None:
+    """`exec --detach`: start COMMAND behind a relay (background.py); print its id."""
+    if seconds is not None:
+        raise InvalidInput("--detach runs until `sandbox kill`: it cannot take --timeout")
+    if tty:
+        raise InvalidInput("--detach has no terminal: it cannot take --tty")
+    from . import background
+
+    ident = background.launch(_store(), name, command, env=env, workdir=workdir)
+    if json_out:
+        ui.emit_json({"name": name, "id": ident})
+    else:
+        ui.data(ident)
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    ident: Annotated[
+        str | None, typer.Argument(metavar="[ID]",
+                                   help="Detached process [default: the latest].")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing output until it ends.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", metavar="N", min=0,
+                                 help="Only the last N lines of each stream.")
+    ] = None,
+) -> None:
+    """Show a detached process's output (stdout to stdout, stderr to stderr; the last 1 MiB)."""
+    from . import background
+
+    background.show_logs(_store(), name, ident, tail=tail, follow=follow)
+
+
+@app.command()
+def kill(
+    name: NameArg,
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Detached process id.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """End a detached process and everything it started."""
+    from . import background
+
+    status = background.kill(_store(), name, ident)
+    if json_out:
+        ui.emit_json(status)
+        return
+    code = status.get("exit_code")
+    ui.info(f"{name}/{ident}: ended" + (f" (exit code {code})" if code is not None else ""))
 
 
 @app.command()
@@ -487,11 +550,21 @@ def purge(
     everything: Annotated[
         bool, typer.Option("--all", help="Remove every sandbox, --keep ones too.")
     ] = False,
+    snapshots: Annotated[
+        bool, typer.Option("--snapshots",
+                           help="Remove this home's snapshot images instead (with --all: "
+                           "after every sandbox).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove sandboxes: with names, those; with none, every one not started with --keep."""
     if names and everything:
         raise InvalidInput("give names or --all, not both")
+    if names and snapshots:
+        raise InvalidInput("give names or --snapshots, not both")
+    if snapshots:
+        _purge_snapshots(everything, json_out)
+        return
     removed = sandbox.purge(_store(), names or [], everything, report=ui.info)
     if json_out:
         ui.emit_json({"removed": removed})
@@ -502,11 +575,41 @@ def purge(
         )
 
 
-@app.command("ls")
-def list_(json_out: JsonOpt = False) -> None:
-    """List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped."""
-    rows = sandbox.list_sandboxes(_store(), report=ui.info)
+def _purge_snapshots(everything: bool, json_out: bool) -> None:
+    """`purge --snapshots [--all]`: snapshot images (after every sandbox with --all)."""
+    from . import snapshots
+
+    store = _store()
+    gone = sandbox.purge(store, [], True, report=ui.info) if everything else []
+    images = snapshots.purge_snapshots(store, report=ui.info)
     if json_out:
+        ui.emit_json({"removed": gone, "images": images})
+        return
+    if everything:
+        ui.info(f"removed {ui.plural(len(gone), 'sandbox', 'sandboxes')}"
+                + (f": {', '.join(gone)}" if gone else ""))
+    ui.info(f"removed {ui.plural(len(images), 'snapshot image')}"
+            + (f": {', '.join(images)}" if images else ""))
+
+
+@app.command("ls")
+def list_(
+    json_out: JsonOpt = False,
+    snapshots: Annotated[
+        bool, typer.Option("--snapshots", help="List this home's snapshot images instead.")
+    ] = False,
+) -> None:
+    """List sandboxes: a table on a terminal (relative expiry), tab-separated lines when piped."""
+    if snapshots:
+        _list_snapshots(json_out)
+        return
+    store = _store()
+    rows = sandbox.list_sandboxes(store, report=ui.info)
+    if json_out:
+        from . import background
+
+        for row in rows:  # running detached processes (`exec --detach`)
+            row["processes"] = background.listed(store, row["name"])
         ui.emit_json([{k: v for k, v in row.items() if k != "tracked"} for row in rows])
     else:
         ui.sandbox_table(rows)
@@ -529,6 +632,60 @@ def egress_log(name: NameArg, json_out: JsonOpt = False) -> None:
         ui.data(f"{row['time']}\t{row['verdict']}\t{row['host']}:{row['port']}{reason}")
     if not rows:
         ui.info(f"{name}: no attempts yet")
+
+
+def _list_snapshots(json_out: bool) -> None:
+    from . import snapshots
+
+    rows = snapshots.list_snapshots(_store())
+    if json_out:
+        ui.emit_json(rows)
+        return
+    for row in rows:  # tag (or id), source sandbox, when, size: tab-separated
+        ui.data("\t".join(ui.printable(str(v)) for v in (
+            ",".join(row["tags"]) or row["id"], row["source"] or "-", row["created_at"] or "-",
+            ui.human_bytes(row["size"]))))
+
+
+@app.command()
+def snapshot(
+    name: NameArg,
+    tag: Annotated[
+        str | None, typer.Option("--tag", metavar="TAG",
+                                 help="Image tag [default: sandbox-snapshot/NAME:TIME].")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Save a sandbox's container and its /app as an image; prints the tag (start --image TAG)."""
+    from . import snapshots
+
+    made = snapshots.snapshot(_store(), name, tag)
+    if json_out:
+        ui.emit_json(made.to_json())
+        return
+    skipped = sum(made.walked.skipped.values())
+    ui.info(f"snapshot of {name}: {ui.plural(made.walked.files, 'file')} "
+            f"({ui.human_bytes(made.walked.bytes)})"
+            + (f", skipped {skipped} (links, FIFOs, devices, ...)" if skipped else ""))
+    ui.data(made.tag)
+
+
+@app.command()
+def pause(name: NameArg) -> None:
+    """Freeze a sandbox's processes (no CPU); exec is refused until `sandbox resume`."""
+    from . import pausing
+
+    changed = pausing.pause(_store(), name)
+    ui.info(f"{name}: paused" + ("" if changed else " (already)"))
+
+
+@app.command()
+def resume(name: NameArg) -> None:
+    """Thaw a paused sandbox."""
+    from . import pausing
+
+    changed = pausing.resume(_store(), name)
+    ui.info(f"{name}: resumed" + ("" if changed else " (was not paused)"))
 
 
 @app.command("build-repo")

@@ -413,6 +413,8 @@ def _target(store: StateStore, name: str, command: Sequence[str]) -> _Target:
     from .sandbox import container_ref, require
 
     record = require(store, name)  # also points our docker calls at the recorded engine
+    if record.options.get("paused") is True:  # pausing.PAUSED_OPTION: no docker call needed
+        raise SandboxNotFound(f"paused: `sandbox resume {name}`")
     runtime = record.options.get("runtime")
     host_kill = engine.current().host_kill(runtime if isinstance(runtime, str) else None)
     user = record.user if re.fullmatch(r"\d+:\d+", record.user) else None
@@ -483,6 +485,8 @@ def _require_running(target: str, name: str) -> None:
             raise failure
         raise SandboxNotFound(f"sandbox {name!r} has no container any more: "
                               f"`sandbox purge {name}` clears it")
+    if status == "paused":  # paused behind our back (`docker pause`): as pausing.paused_message
+        raise SandboxNotFound(f"paused: `sandbox resume {name}`")
     if status != "running":
         raise SandboxNotFound(f"sandbox {name!r} is {status}, not running")
 

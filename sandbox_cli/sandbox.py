@@ -4,6 +4,7 @@ build-repo. No printing and no typer here: results are returned, failures raised
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -276,8 +277,17 @@ def _remove_folders(store: StateStore, names: Iterable[str],
             from .manifest import remove as remove_manifest  # copy-to's record, for diff
 
             remove_manifest(store, name)
+            _remove_logs(store, name)
     finally:
         os.close(parent)
+
+
+def _remove_logs(store: StateStore, name: str) -> None:
+    """The logs of NAME's detached processes (background.py), when it has any."""
+    if os.path.isdir(os.path.join(store.home, "logs", name)):
+        from . import background
+
+        background.remove_logs(store, name)
 
 
 UNLOCK_SECONDS = 300  # a tree of a million folders takes a while to chmod, one at a time
@@ -669,6 +679,8 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
     """Prepare and create; with storage `auto`, an engine that refuses the bind (it cannot
     see the client's files: docker:dind, another mount namespace) gets an engine volume."""
     prepared = _prepare(store, options, name, ttl_seconds, report)
+    if prepared.spec.storage == BIND:  # a snapshot's /app, into the new folder
+        _seed_from_snapshot(store, options.image, prepared, report)
     try:
         return _create(store, options, prepared, build, progress, pull_output)
     except DockerError as exc:
@@ -679,6 +691,33 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
     return _create(store, options, _prepare(store, replace(options, storage=VOLUME),
                                             prepared.name, ttl_seconds, None), build, progress,
                    pull_output)
+
+
+def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
+                        report: Report | None) -> None:
+    """When IMAGE is a snapshot (snapshots.py), fill the new folder with its /app; on any
+    failure the start is undone."""
+    from . import snapshots
+
+    try:
+        if not snapshots.is_snapshot(image):
+            return
+        uid, _, gid = prepared.spec.user.partition(":")
+        owner = (int(uid), int(gid)) if os.getuid() == 0 and uid.isdigit() and gid.isdigit() \
+            else None
+        walked = snapshots.seed(store, image, prepared.name, owner)
+    except OSError as exc:  # a full --disk cap above all: say which step, exit 1
+        _remove_folders(store, [prepared.name])
+        raise OSError(exc.errno, f"could not fill /app from snapshot {image}: "
+                      f"{exc.strerror or exc}" + (" (a larger --disk?)"
+                                                  if exc.errno == errno.ENOSPC else "")) from None
+    except BaseException:
+        # No container yet: only the folder to undo (never _undo_start, whose search by
+        # attempt nonce has no nonce to go by before _create).
+        _remove_folders(store, [prepared.name])
+        raise
+    _say(report, f"/app seeded from snapshot {image} ({walked.files} "
+         f"file{'s' * (walked.files != 1)}, {human_bytes(walked.bytes)})")
 
 
 def create_one_shot(store: StateStore, options: StartOptions, command: Sequence[str], *,

@@ -74,6 +74,7 @@ def test_the_fake_docker_does_see_valid_input(sandbox: Runner, home: Path,
     proc = sandbox("start", *IMG, "--name", "good-name", "--network", "-p", "8080:80",
                    "--ttl", "5m", "-e", "GOOD_KEY=v", env=env)
     assert proc.returncode != 0
-    assert log.exists() and " run " in f" {log.read_text()} "
+    calls = log.read_text().splitlines() if log.exists() else []  # one call a line
+    assert any(call.startswith("run ") for call in calls)
     assert "Traceback" not in proc.stderr.decode()
     assert os.listdir(home / "volumes") == []  # the failed start cleaned its folder up
