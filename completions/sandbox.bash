@@ -160,8 +160,9 @@ _sandbox_spec() {
             args=()
             ;;
         mcp)
-            flags=(--image --network --max-sandboxes --root --help -h)
-            valued=(--image --max-sandboxes --root)
+            flags=(--image --network --max-sandboxes --root --allow-host --egress-network --help
+              -h)
+            valued=(--image --max-sandboxes --root --allow-host --egress-network)
             files=()
             args=()
             ;;

@@ -143,7 +143,7 @@ function __sandbox_state
                     set files
                     set args
                 case mcp
-                    set valued --image --max-sandboxes --root
+                    set valued --image --max-sandboxes --root --allow-host --egress-network
                     set files
                     set args
                 case '*'  # not one of ours
@@ -362,4 +362,6 @@ complete -c sandbox -n '__sandbox_options mcp' -l image -x -d 'An image the clie
 complete -c sandbox -n '__sandbox_options mcp' -l network -d 'Let the client ask for a network and ports'
 complete -c sandbox -n '__sandbox_options mcp' -l max-sandboxes -x -d 'Sandboxes at once'
 complete -c sandbox -n '__sandbox_options mcp' -l root -x -d 'The only host folder copy_to reads [default: the current directory]'
+complete -c sandbox -n '__sandbox_options mcp' -l allow-host -x -d 'A host the client may let a sandbox reach (its allow_hosts)'
+complete -c sandbox -n '__sandbox_options mcp' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
 complete -c sandbox -n '__sandbox_options mcp' -l help -s h -d 'Show this message and exit'

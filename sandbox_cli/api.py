@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import core, execute, sandbox, validate
@@ -101,6 +101,8 @@ class SandboxInfo:
     expires_at: str | None
     files_until: str | None = None
     storage: str | None = None  # bind (a host folder) or volume (an engine volume)
+    allow_hosts: list[str] = field(default_factory=list)  # egress by allow-list, if any
+    processes: list[dict[str, Any]] = field(default_factory=list)  # exec --detach, running
 
     def to_json(self) -> dict[str, Any]:
         """The `ls --json` object."""
@@ -197,15 +199,14 @@ class Sandbox:
               read_only: bool | None = None, tmpfs_size: str | None = None,
               disk: str | None = None, runtime: str | None = None,
               cap_add: Sequence[str] | None = None,
-              allow_hosts: Sequence[str] | None = None, use_config: bool = True,
+              allow_hosts: Sequence[str] | None = None, egress_network: str | None = None,
+              use_config: bool = True,
               home: str | None = None, on_message: Message | None = None) -> Sandbox:
         """`sandbox start`: None means "not given", so config files and SANDBOX_* variables
         decide as for the CLI (use_config=False: the built-in defaults). keep=True is the
         CLI's --keep (never expires, survives a bare purge) and the seed's disablePurge.
-        allow_hosts: egress filtering is not in this build; only None (or empty) works."""
-        if allow_hosts:
-            raise InvalidInput("allow_hosts needs egress filtering, which this build of "
-                               "sandbox does not have; use network=True or leave it out")
+        allow_hosts: the CLI's --allow-host (egress by allow-list through a proxy, README
+        "Egress"), with egress_network its --egress-network."""
         if isinstance(ports, str) or isinstance(cap_add, str):
             raise InvalidInput("ports and cap_add are lists of strings")
         talk = _talker(on_message)
@@ -215,6 +216,8 @@ class Sandbox:
             "memory": memory, "cpus": cpus, "pids": pids, "read_only": read_only,
             "tmpfs_size": tmpfs_size, "disk": disk, "runtime": runtime,
             "cap_add": list(cap_add) if cap_add else None,
+            "allow_hosts": list(allow_hosts) if allow_hosts else None,
+            "egress_network": egress_network,
         }
         options = core.resolve_start(flags, warn=_warner(talk), use_config=use_config)
         store = StateStore(home)

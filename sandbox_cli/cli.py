@@ -604,12 +604,8 @@ def list_(
         _list_snapshots(json_out)
         return
     store = _store()
-    rows = sandbox.list_sandboxes(store, report=ui.info)
+    rows = sandbox.list_sandboxes(store, report=ui.info, processes=json_out)
     if json_out:
-        from . import background
-
-        for row in rows:  # running detached processes (`exec --detach`)
-            row["processes"] = background.listed(store, row["name"])
         ui.emit_json([{k: v for k, v in row.items() if k != "tracked"} for row in rows])
     else:
         ui.sandbox_table(rows)
@@ -841,11 +837,19 @@ def mcp_server(
         typer.Option("--root", metavar="DIR",
                      help="The only host folder copy_to reads [default: the current directory]."),
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option("--allow-host", metavar="HOST[:PORT]",
+                     help="A host the client may let a sandbox reach (its allow_hosts). "
+                     "Repeatable."),
+    ] = None,
+    egress_network: EgressNetworkOpt = None,
 ) -> None:
     """Serve the Model Context Protocol on stdio (needs `pip install 'sandbox-cli[mcp]'`)."""
     from . import mcp_server as server
 
-    raise typer.Exit(server.serve(image or [], network, max_sandboxes, root))
+    raise typer.Exit(server.serve(image or [], network, max_sandboxes, root, allow_host or [],
+                                  egress_network))
 
 
 def version_callback(value: bool) -> None:

@@ -57,6 +57,8 @@ class Limits:
     network: bool
     max_sandboxes: int
     root: str
+    allow_hosts: list[str] = field(default_factory=list)  # --allow-host: the most it grants
+    egress_network: str | None = None
     max_ttl: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,9 +78,19 @@ class Session:
         self._closed = False
 
     def options_for(self, image: str | None, network: bool, ports: Sequence[str],
-                    ttl: str | None) -> StartOptions:
+                    ttl: str | None, allow_hosts: Sequence[str] = ()) -> StartOptions:
         """The start options for a request, refused where it asks past the server's own."""
         lim = self.limits
+        hosts: list[str] = []
+        if allow_hosts:
+            from . import egress
+
+            hosts = egress.allow_hosts(list(allow_hosts))
+            beyond = [h for h in hosts if h not in lim.allow_hosts]
+            if beyond:
+                raise InvalidInput(f"allow_hosts {', '.join(beyond)}: not allowed by this "
+                                   f"server (it grants: {', '.join(lim.allow_hosts) or 'none'};"
+                                   " see --allow-host)")
         chosen = validate.image(image) if image else lim.images[0]
         if chosen not in lim.images:
             raise InvalidInput(f"image {chosen!r} is not allowed by this server "
@@ -95,12 +107,13 @@ class Session:
             raise InvalidInput(f"ttl {ttl!r} is longer than this server allows "
                                f"({lim.base.ttl})")
         return replace(lim.base, image=chosen, network=bool(network or ports),
-                       ports=validate.distinct_ports(bound), ttl=f"{seconds}s", keep=False)
+                       ports=validate.distinct_ports(bound), ttl=f"{seconds}s", keep=False,
+                       allow_hosts=hosts, egress_network=lim.egress_network)
 
     def start(self, image: str | None, network: bool, ports: Sequence[str], ttl: str | None,
-              keep: bool) -> Sandbox:
+              keep: bool, allow_hosts: Sequence[str] = ()) -> Sandbox:
         """Start one sandbox (a TTL always: keep only spares it at the client's exit)."""
-        options = self.options_for(image, network, ports, ttl)
+        options = self.options_for(image, network, ports, ttl, allow_hosts)
         with self._lock:
             if self._closed:
                 raise InvalidInput("the server is shutting down")
@@ -178,7 +191,8 @@ def _log(line: str) -> None:
 
 
 def limits(images: Sequence[str], network: bool, max_sandboxes: int,
-           root: str | None) -> Limits:
+           root: str | None, allow_hosts: Sequence[str] = (),
+           egress_network: str | None = None) -> Limits:
     """The server's limits from its options and the configuration (as `sandbox start`)."""
     from . import core
 
@@ -190,17 +204,27 @@ def limits(images: Sequence[str], network: bool, max_sandboxes: int,
     folder = os.path.realpath(root or os.getcwd())
     if not os.path.isdir(folder):
         raise InvalidInput(f"--root {root!r}: not a directory")
-    base = replace(base, network=False, ports=[], keep=False)
-    return Limits(base, chosen or [base.image], network, max_sandboxes, folder)
+    base = replace(base, network=False, ports=[], keep=False, allow_hosts=[])
+    granted: list[str] = []
+    if allow_hosts:
+        from . import egress
+
+        granted = egress.allow_hosts(list(allow_hosts))
+        if egress_network:
+            egress_network = egress.network(egress_network)
+    return Limits(base, chosen or [base.image], network, max_sandboxes, folder, granted,
+                  egress_network)
 
 
 def serve(images: Sequence[str], network: bool, max_sandboxes: int,
-          root: str | None) -> int:
+          root: str | None, allow_hosts: Sequence[str] = (),
+          egress_network: str | None = None) -> int:
     """Run the server on stdin/stdout until the client goes; then clean up."""
     require_sdk()
     from .mcp_tools import build_server  # imports the SDK and pydantic
 
-    session = Session(limits(images, network, max_sandboxes, root))
+    session = Session(limits(images, network, max_sandboxes, root, allow_hosts,
+                             egress_network))
     server = build_server(session)
 
     def on_signal(signum: int, frame: object) -> None:

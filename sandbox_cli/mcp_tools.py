@@ -33,6 +33,7 @@ class StartResult(TypedDict):
     ports: list[str]
     expires_at: str | None
     keep: bool
+    allow_hosts: list[str]
 
 class ExecOutput(TypedDict):
     exit_code: int
@@ -117,14 +118,19 @@ def build_server(session: Session) -> MCPServer[None]:
                                                      "server's.")] = None,
         keep: Annotated[bool, Field(description="Keep it when this session ends (it still "
                                                 "expires at its TTL).")] = False,
+        allow_hosts: Annotated[list[str] | None, Field(description="Hosts (HOST[:PORT]) it "
+                                                       "may reach through a proxy, and "
+                                                       "nothing else; at most the server's "
+                                                       "--allow-host.")] = None,
     ) -> StartResult:
         try:
-            box = session.start(image, network, ports or [], ttl, keep)
+            box = session.start(image, network, ports or [], ttl, keep, allow_hosts or [])
             row = box.info()
         except SandboxError as exc:
             raise _fail(exc) from None
         return StartResult(name=box.name, image=row.image, network=row.network,
-                           ports=row.ports, expires_at=row.expires_at, keep=keep)
+                           ports=row.ports, expires_at=row.expires_at, keep=keep,
+                           allow_hosts=row.allow_hosts)
 
     @server.tool(name="exec", description="Run a command (argv list, no shell) in a sandbox "
                  "and wait; output is capped, a timeout stops it (exit code 124).")

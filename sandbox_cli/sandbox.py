@@ -994,9 +994,11 @@ def _ps_time(text: str) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict[str, Any]]:
+def list_sandboxes(store: StateStore, report: Report | None = None,
+                   processes: bool = True) -> list[dict[str, Any]]:
     """Every sandbox of this home, merging the state file with Docker's view. An expired
-    sandbox (its folder kept for `read`) has status `expired`."""
+    sandbox (its folder kept for `read`) has status `expired`. PROCESSES: each row lists its
+    running detached processes (`exec --detach`; costs a look at each one's log folder)."""
     sweep(store, report)
     records = store.load()
     containers = _labelled_containers(store)
@@ -1022,6 +1024,11 @@ def list_sandboxes(store: StateStore, report: Report | None = None) -> list[dict
             "allow_hosts": allowed_hosts(rec),
             "tracked": rec is not None,
         })
+    if processes:
+        from . import background
+
+        for row in rows:
+            row["processes"] = background.listed(store, str(row["name"]))
     return rows
 
 

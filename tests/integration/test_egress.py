@@ -580,3 +580,21 @@ def test_proxy_image_without_python_is_clean_failure(docker_engine: None, tmp_pa
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_python_api_takes_an_allow_list(upstream: Upstream, egress_home: Home) -> None:
+    # The API is a face of the same core: allow_hosts is the CLI's --allow-host.
+    from sandbox_cli import api
+
+    home = str(egress_home.path / "home")
+    with api.Sandbox.start(image=PYTHON_IMAGE, allow_hosts=["allowed.example.test:8000"],
+                           egress_network=upstream.network, use_config=False,
+                           home=home) as box:
+        assert box.info().allow_hosts == ["allowed.example.test:8000"]
+        result = box.exec(["python3", "-c", "URL = 'http://allowed.example.test:8000/'\n"
+                           + FETCH], timeout=60)
+        assert "STATUS 200" in result.stdout, result.stderr
+        denied = box.exec(["python3", "-c", "URL = 'http://denied.example.test:8000/'\n"
+                           + FETCH], timeout=60)
+        assert "STATUS 403" in denied.stdout, denied.stderr
+    assert [row.name for row in api.list_sandboxes(home=home) if row.name == box.name] == []

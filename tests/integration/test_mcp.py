@@ -193,3 +193,21 @@ def test_without_the_extra(home: Path, tmp_path: Path) -> None:
     assert proc.stderr == ("sandbox: error: sandbox mcp needs the MCP SDK: "
                            "pip install 'sandbox-cli[mcp]'\n")
     assert proc.stdout == ""
+
+
+def test_allow_hosts_up_to_the_servers_own(home: Path, root: Path) -> None:
+    async def session(client: ClientSession) -> None:
+        assert "not allowed by this server" in await _refused(
+            client, "start", image=PYTHON_IMAGE, allow_hosts=["other.example.test"])
+        assert "not allowed by this server" in await _refused(
+            client, "start", image=PYTHON_IMAGE, allow_hosts=["*.example.test"])
+        started = await _call(client, "start", image=PYTHON_IMAGE,
+                              allow_hosts=["pypi.example.test"])
+        assert started["allow_hosts"] == ["pypi.example.test"]
+        assert started["network"] is False
+        env = await _call(client, "exec", name=started["name"],
+                          command=["sh", "-c", "echo $HTTPS_PROXY"])
+        assert env["stdout"].startswith("http://")
+
+    _serve(home, root, session, "--allow-host", "pypi.example.test")
+    assert _wait_empty(home) == []
