@@ -337,13 +337,21 @@ class Bench:
                              "pass --image)")
         self.run([*self.sbx, "--version"])
         self.start_sandbox(self.main)
-        self.run(["docker", "exec", self.main, "python3", "-c", "pass"])  # python is needed
+        self.run([*self.docker_exec(self.main), "python3", "-c", "pass"])  # python is needed
+
+    def docker_exec(self, box: str) -> list[str]:
+        """`docker exec` as the sandbox's own user (its main process runs as root), as
+        `sandbox exec` does: the fair counterpart."""
+        user = subprocess.run(["docker", "inspect", "-f",
+                               '{{index .Config.Labels "sandbox-cli.user"}}', box],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        return ["docker", "exec", "--user", user, box]
 
     def exec_true(self) -> Result:
         return self.compare(
             "exec true", self.reps.fast,
             lambda i: self.timed([*self.sbx, "exec", self.main, "true"]),
-            lambda i: self.timed(["docker", "exec", self.main, "true"]), 2.0,
+            lambda i: self.timed([*self.docker_exec(self.main), "true"]), 2.0,
             "stdin is /dev/null: sandbox forwards nothing, as docker exec without -i")
 
     def read_small(self) -> Result:
@@ -352,14 +360,14 @@ class Bench:
         return self.compare(
             "read 1 KB file", self.reps.fast,
             lambda i: self.timed([*self.sbx, "read", self.main, "small.txt"]),
-            lambda i: self.timed(["docker", "exec", self.main, "cat", "small.txt"]), 2.0)
+            lambda i: self.timed([*self.docker_exec(self.main), "cat", "small.txt"]), 2.0)
 
     def write_small(self) -> Result:
         text = "hello from the benchmark"
         return self.compare(
             "write small file", self.reps.fast,
             lambda i: self.timed([*self.sbx, "write", self.main, "w-sandbox.txt", text]),
-            lambda i: self.timed(["docker", "exec", self.main, "sh", "-c",
+            lambda i: self.timed([*self.docker_exec(self.main), "sh", "-c",
                                   f"echo '{text}' > w-docker.txt"]), 2.0)
 
     def stream(self) -> Result:
@@ -367,7 +375,7 @@ class Bench:
         return self.compare(
             "exec, 300 MB to a pipe", self.reps.stream,
             lambda i: self.timed_stream([*self.sbx, "exec", self.main, *head], STREAM_BYTES),
-            lambda i: self.timed_stream(["docker", "exec", self.main, *head], STREAM_BYTES),
+            lambda i: self.timed_stream([*self.docker_exec(self.main), *head], STREAM_BYTES),
             1.1)
 
     def copy_to(self) -> Result:
@@ -501,7 +509,7 @@ class Bench:
         result = self.compare(
             f"{PARALLEL_EXECS} parallel execs over {PARALLEL_SANDBOXES}", self.reps.parallel,
             lambda i: self.timed_parallel([[*self.sbx, "exec", t, "true"] for t in targets]),
-            lambda i: self.timed_parallel([["docker", "exec", t, "true"] for t in targets]),
+            lambda i: self.timed_parallel([[*self.docker_exec(t), "true"] for t in targets]),
             None, "wall time of the whole batch")
         self.run([*self.sbx, "purge", *names])
         return result
@@ -513,7 +521,7 @@ class Bench:
         trees: list[float] = []
         for i in range(self.reps.memory):
             sides = [("s", [*self.sbx, "exec", self.main, *head]),
-                     ("d", ["docker", "exec", self.main, *head])]
+                     ("d", [*self.docker_exec(self.main), *head])]
             if i % 2:
                 sides.reverse()
             for side, argv in sides:

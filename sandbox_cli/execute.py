@@ -5,6 +5,7 @@ ends the command inside the container too (killing the docker client alone would
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -270,6 +271,34 @@ def _relay(source: int, target: int, marker: bytes, held: bytearray) -> None:
         if not _write_all(target, chunk):
             os.close(source)
             return
+        if not held:  # decided: the rest goes through the kernel, not through Python
+            if not _splice_all(source, target):
+                os.close(source)
+            return
+
+
+def _splice_all(source: int, target: int) -> bool:
+    """Move SOURCE (a pipe) to TARGET until its end with splice(2), falling back to read and
+    write where TARGET cannot take a splice (a terminal); False when TARGET's reader has gone."""
+    splice = getattr(os, "splice", None)
+    while splice is not None:
+        try:
+            moved = splice(source, target, 1 << 20)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EAGAIN):
+                break  # not spliceable (or a non-blocking target): copy below
+            return False  # EPIPE: the reader has gone
+        if moved == 0:
+            return True
+    while True:
+        try:
+            chunk = os.read(source, 1 << 16)
+        except OSError:
+            return True
+        if not chunk:
+            return True
+        if not _write_all(target, chunk):
+            return False
 
 
 def _write_all(fd: int, data: bytes) -> bool:
