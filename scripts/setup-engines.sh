@@ -286,13 +286,22 @@ check_remote() {
     DOCKER_HOST=$dh docker rm -f sandbox-engines-check >/dev/null 2>&1 || true
     DOCKER_HOST=$dh docker run -d --rm --name sandbox-engines-check -p 127.0.0.1::8000 \
         --pull never "$BUSYBOX_IMAGE" sh -c 'mkdir /app; echo hi >/app/index.html; httpd -f -p 8000 -h /app' >/dev/null
+    # The container makes /app itself a moment after it starts: wait for it (up to 20 s).
+    for _ in $(seq 1 40); do
+        DOCKER_HOST=$dh docker exec sandbox-engines-check test -f /app/index.html 2>/dev/null && break
+        sleep 0.5
+    done
     printf 'x' | tar_one f | DOCKER_HOST=$dh docker cp - sandbox-engines-check:/app
     out=$(DOCKER_HOST=$dh docker cp sandbox-engines-check:/app/f - | tar -xO)
     [ "$out" = x ] || { DOCKER_HOST=$dh docker rm -f sandbox-engines-check >/dev/null; die "remote: docker cp round trip gave '$out'"; }
     # Its published ports are on its own loopback: reachable through nsenter only.
     port=$(DOCKER_HOST=$dh docker port sandbox-engines-check 8000/tcp | head -n1 | sed 's/.*://')
     nc_cmd="exec 3<>/dev/tcp/127.0.0.1/$port; printf 'GET /index.html HTTP/1.0\r\n\r\n' >&3; cat <&3"
-    out=$(timeout 10 nsenter --net="$RUN/remote.net" bash -c "$nc_cmd" 2>&1 | tail -n1 || true)
+    for _ in $(seq 1 20); do  # httpd starts a moment after /app is there
+        out=$(timeout 10 nsenter --net="$RUN/remote.net" bash -c "$nc_cmd" 2>&1 | tail -n1 || true)
+        [ "$out" = hi ] && break
+        sleep 0.5
+    done
     DOCKER_HOST=$dh docker rm -f sandbox-engines-check >/dev/null
     [ "$out" = hi ] || die "remote: published port 127.0.0.1:$port not reachable in its netns (got '$out')"
 }
