@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import core, execute, sandbox, validate
+from . import core, execute, sandbox, validate, volume
 from .errors import InvalidInput
 from .state import StateStore
 
@@ -316,14 +316,7 @@ class Sandbox:
         try:
             size = sandbox.read_file(self._store, self.name, path, fd, max_size)
             os.lseek(fd, 0, os.SEEK_SET)
-            chunks, left = [], size
-            while left > 0:
-                chunk = os.read(fd, min(left, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
+            return volume.read_at_most(fd, size)
         finally:
             os.close(fd)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import tree
+from . import tree, volume
 from .errors import UnsafePath
 from .manifest import ORIGINAL_MAX, Item, is_binary, load, original
 
@@ -167,14 +167,7 @@ def _read_small(ws: tree.Workspace, rel: tuple[str, ...]) -> bytes | None:
     try:
         if st.st_size > TEXT_MAX:
             return None
-        chunks, left = [], TEXT_MAX + 1
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
+        data = volume.read_at_most(fd, TEXT_MAX + 1)
         return None if len(data) > TEXT_MAX else data
     finally:
         os.close(fd)

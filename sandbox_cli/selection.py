@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import validate
+from . import validate, volume
 from .errors import InvalidInput
 
 GITIGNORE_MAX = 1 << 20  # bytes of a .gitignore read; the rest is left out
@@ -274,18 +274,10 @@ def _read_bounded(path: str) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        chunks: list[bytes] = []
-        left = GITIGNORE_MAX
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        extra = os.read(fd, 1) if left == 0 else b""
+        data = volume.read_at_most(fd, GITIGNORE_MAX)
+        extra = os.read(fd, 1) if len(data) == GITIGNORE_MAX else b""
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     if extra:  # cut short: drop the partial last line rather than misread it
         data = data[: data.rfind(b"\n") + 1]
     return data

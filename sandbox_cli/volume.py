@@ -291,6 +291,19 @@ def read_to(root_fd: int, parts: tuple[str, ...], out_fd: int,
         os.close(fd)
 
 
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to LIMIT bytes from FD, read in bounded chunks until LIMIT or the end."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def _copy_fd(src: int, dst: int, limit: int) -> int:
     """Copy up to LIMIT bytes from SRC to DST, in the kernel where it can."""
     done = 0
