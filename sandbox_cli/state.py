@@ -366,8 +366,9 @@ class StateStore:
             os.close(self._open_dir("volumes", home_fd))
         except FileNotFoundError:
             if create:
-                os.mkdir("volumes", 0o700, dir_fd=home_fd)
-                os.close(self._open_dir("volumes", home_fd))
+                with contextlib.suppress(FileExistsError):  # a parallel first start made it
+                    os.mkdir("volumes", 0o700, dir_fd=home_fd)
+                os.close(self._open_dir("volumes", home_fd))  # and it is checked as any
         for name in ("state.json", "state.lock"):
             with contextlib.suppress(FileNotFoundError):
                 os.close(self._open_file(name, home_fd))
