@@ -7,7 +7,7 @@
 #           (unix:///run/sandbox-remote.sock), in a network namespace of its own (its bridge,
 #           iptables and published ports live there) and a mount namespace where empty tmpfs
 #           hide the client's paths (/tmp, /var/tmp, /root, /home, /work, the checkout,
-#           $SANDBOX_HOME, $XDG_CACHE_HOME). runsc is registered on it too.
+#           $SANDBOX_HOME, $XDG_CACHE_HOME; each by its top-most folder that may go). runsc too.
 #   gvisor  a third dockerd that sees the client's files (bind mounts work) with gVisor
 #           registered: runtime `runsc` (--platform=ptrace --network=none) and `runsc-net`
 #           (--network=host, for sandboxes with a network); own netns, socket
@@ -107,20 +107,43 @@ dockerd_config() {  # ENGINE: its daemon.json (our own file: /etc/docker/daemon.
 JSON
 }
 
-# The client paths the remote engine must not see: each hidden under an empty tmpfs.
+# The client paths the remote engine must not see. Each is hidden by an empty tmpfs over its
+# shallowest ancestor that may be hidden (not a system folder, not holding the engines' own
+# state), so that the path itself does not exist there: a tmpfs over /ci/work/repo itself would
+# leave an empty /ci/work/repo that a bind mount accepts; one over /ci hides it for good.
+is_system_dir() {
+    case $1 in /|/var|/var/lib|/var/lib/*docker*|/run|/run/*|/usr|/usr/*|/etc|/proc|/sys|/dev|/bin|/sbin|/lib|/lib64|/lib32|/libx32) return 0 ;; esac
+    return 1
+}
+hide_point() {  # PATH: print the shallowest ancestor-or-self of PATH that may be hidden
+    local path=$1 a="" part
+    local -a parts
+    IFS=/ read -ra parts <<<"${path#/}"
+    for part in "${parts[@]}"; do
+        [ -n "$part" ] || continue
+        a="$a/$part"
+        is_system_dir "$a" && continue
+        case $STATE/ in "$a"/*) continue ;; esac
+        case $RUN/ in "$a"/*) continue ;; esac
+        echo "$a"
+        return 0
+    done
+    echo "$path"   # no ancestor may go: hide the path itself (the check then says so)
+}
 hidden_paths() {
-    local p seen=" "
+    local p h s skip seen=" "
     for p in /tmp /var/tmp /root /home /work "$REPO" ${SANDBOX_HOME:+"$SANDBOX_HOME"} \
              ${XDG_CACHE_HOME:+"$XDG_CACHE_HOME"} ${SANDBOX_REMOTE_HIDE:-}; do
         [ -d "$p" ] || continue
         p=$(cd "$p" && pwd -P)
-        case $p in /|/var|/var/lib|/var/lib/*docker*|/run|/run/*|/usr|/usr/*|/etc|/proc|/sys|/dev) continue ;; esac
-        local s skip=0
-        for s in $seen; do case $p in "$s"|"$s"/*) skip=1 ;; esac; done
+        case $p/ in "$STATE"/*|"$RUN"/*) continue ;; esac
+        is_system_dir "$p" && continue
+        h=$(hide_point "$p")
+        skip=0
+        for s in $seen; do case $h in "$s"|"$s"/*) skip=1 ;; esac; done
         [ $skip = 0 ] || continue
-        case $p in "$STATE"|"$STATE"/*) continue ;; esac
-        seen="$seen$p "
-        echo "$p"
+        seen="$seen$h "
+        echo "$h"
     done
 }
 
