@@ -378,14 +378,18 @@ UNCAPPED_ROOT = ("the container's own file system is not capped (--writable-root
 
 
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
-             ttl_seconds: int | None, report: Report | None = None) -> _Prepared:
-    """Validate, claim the name and make the folder (owned by the container's user)."""
+             ttl_seconds: int | None, report: Report | None = None,
+             validated: Callable[[], None] | None = None) -> _Prepared:
+    """Validate, claim the name and make the folder (owned by the container's user).
+    VALIDATED is called once the input is found good, before any docker call of ours."""
     if name is not None:
         validate.name(name)
     name = name or generate_name()
     if options.ports and not options.network:
         raise InvalidInput("publishing ports needs --network (the network is off by default)")
     plan = _egress_plan(store, name, options, ttl_seconds)
+    if validated is not None:
+        validated()
     sweep(store, report)
     store.ensure_dirs()
     if store.get(name) is not None:
@@ -459,9 +463,11 @@ def _runtime_for(eng: engine.Engine, runtime: str | None, network: bool) -> str 
 
 def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
             build: Callable[[docker.RunSpec], list[str]],
-            progress: Progress | None, pull_output: bool = True) -> SandboxRecord:
+            progress: Progress | None, pull_output: bool = True,
+            seed: Callable[[_Prepared], None] | None = None) -> SandboxRecord:
     """Run BUILD(spec) (docker run -d / docker create), pulling the image once if it is
-    missing, and record the sandbox; on any failure or signal nothing is left behind."""
+    missing, SEED the new sandbox's /app (a snapshot's) and record the sandbox; on any failure
+    or signal nothing is left behind."""
     name = prepared.name
     # A nonce on this attempt's container: cleanup finds what we made, never a same-named
     # container of the user's or of another SANDBOX_HOME (their names clash in one engine).
@@ -477,6 +483,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
             _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
             else list(options.ports)
+        if seed is not None:
+            seed(prepared)
     except NameInUse:
         _undo_start(store, prepared, "")
         raise _name_clash(store, name) from None
@@ -678,15 +686,30 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
                  pull_output: bool = True) -> SandboxRecord:
     """Prepare and create; with storage `auto`, an engine that refuses the bind (it cannot
     see the client's files: docker:dind, another mount namespace) gets an engine volume."""
-    prepared = _prepare(store, options, name, ttl_seconds, report)
-    if prepared.spec.storage == BIND:  # a snapshot's /app, into the new folder
-        _seed_from_snapshot(store, options.image, prepared, report)
+    from . import snapshots
+
+    # Is the image a snapshot (whose /app seeds the folder)? Asked at once, in the background:
+    # the answer is needed only once the container exists and before the code can run in it
+    # (`start`'s sleeps; `run`'s is created, not started), so the call costs no wall time.
+    # (Bad input is still refused before any docker call: the check begins once it is good.)
+    checks: list[snapshots.SnapshotCheck] = []
     try:
-        return _create(store, options, prepared, build, progress, pull_output)
-    except DockerError as exc:
-        if (options.storage != "auto" or prepared.spec.storage != BIND
-                or not engine.bind_refused(exc.stderr)):
-            raise
+        prepared = _prepare(store, options, name, ttl_seconds, report,
+                            lambda: checks.append(snapshots.SnapshotCheck(options.image)))
+
+        def seed(made: _Prepared) -> None:
+            if made.spec.storage == BIND and checks and checks[0].answer():
+                _seed_from_snapshot(store, options.image, made, report)
+
+        try:
+            return _create(store, options, prepared, build, progress, pull_output, seed)
+        except DockerError as exc:
+            if (options.storage != "auto" or prepared.spec.storage != BIND
+                    or not engine.bind_refused(exc.stderr)):
+                raise
+    finally:
+        for check in checks:
+            check.cancel()
     # _create has undone the folder; the next try cannot meet the same refusal
     return _create(store, options, _prepare(store, replace(options, storage=VOLUME),
                                             prepared.name, ttl_seconds, None), build, progress,
@@ -695,27 +718,20 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
 
 def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
                         report: Report | None) -> None:
-    """When IMAGE is a snapshot (snapshots.py), fill the new folder with its /app; on any
-    failure the start is undone."""
+    """Fill the new folder with the /app of IMAGE, a snapshot (snapshots.py). Called by
+    _create once the container exists and before the code runs in it: on any failure,
+    _create undoes the start (container and folder)."""
     from . import snapshots
 
     try:
-        if not snapshots.is_snapshot(image):
-            return
         uid, _, gid = prepared.spec.user.partition(":")
         owner = (int(uid), int(gid)) if os.getuid() == 0 and uid.isdigit() and gid.isdigit() \
             else None
         walked = snapshots.seed(store, image, prepared.name, owner)
     except OSError as exc:  # a full --disk cap above all: say which step, exit 1
-        _remove_folders(store, [prepared.name])
         raise OSError(exc.errno, f"could not fill /app from snapshot {image}: "
                       f"{exc.strerror or exc}" + (" (a larger --disk?)"
                                                   if exc.errno == errno.ENOSPC else "")) from None
-    except BaseException:
-        # No container yet: only the folder to undo (never _undo_start, whose search by
-        # attempt nonce has no nonce to go by before _create).
-        _remove_folders(store, [prepared.name])
-        raise
     _say(report, f"/app seeded from snapshot {image} ({walked.files} "
          f"file{'s' * (walked.files != 1)}, {human_bytes(walked.bytes)})")
 

@@ -410,6 +410,51 @@ def is_snapshot(image: str) -> bool:
     return _labels(_image_config(image)).get(LABEL_SNAPSHOT) == "1"
 
 
+class SnapshotCheck:
+    """is_snapshot(IMAGE) begun in the background, so that its docker call (15 ms on a quiet
+    machine, 45 ms under load) overlaps the rest of a start (folder, container) instead of
+    adding to it. `answer()` waits for it within the query deadline; `cancel()` ends it when
+    the start fails first. A failed inspect (a missing image: pulled later, never seeded, as
+    before) answers False, as is_snapshot does."""
+
+    def __init__(self, image: str) -> None:
+        self._argv = [docker.docker_binary(), "image", "inspect", "--format",
+                      "{{json .Config}}", image]
+        self._proc: subprocess.Popen[bytes] | None = docker.popen_docker(
+            self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+
+    def answer(self) -> bool:
+        """True when the image is labelled as a snapshot."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return False
+        try:
+            out, _ = proc.communicate(timeout=docker.deadline_for(self._argv))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise docker.timed_out(self._argv, docker.deadline_for(self._argv)) from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            return False
+        try:
+            config = json.loads(out or b"{}")
+        except ValueError:
+            return False
+        return isinstance(config, dict) and _labels(config).get(LABEL_SNAPSHOT) == "1"
+
+    def cancel(self) -> None:
+        """End the check unanswered (idempotent)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+
+
 def seed(store: StateStore, image: str, name: str, owner: tuple[int, int] | None) -> Walked:
     """Fill NAME's new folder with IMAGE's /app: `docker cp` out of a created container of
     IMAGE (never started), unpacked as hostile input."""

@@ -139,5 +139,9 @@ def test_a_failed_seed_undoes_its_own_start_only(start_box: Callable[..., str],
         seeds = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={name}-seed"],
                                capture_output=True, text=True, timeout=30).stdout
         assert seeds.strip() == ""
+        # The seed comes after the container is made (sandbox._create): that goes too.
+        made = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=^{name}$"],
+                              capture_output=True, text=True, timeout=30).stdout
+        assert made.strip() == ""
     finally:
         _rmi(sandbox, tag)

@@ -1,0 +1,119 @@
+"""What `start` and `run` spend their time on: the snapshot check overlaps the container's
+creation, and the plain forms (`start`, `run CMD`, with --image and --name at most) skip typer
+and behave exactly as the typer-parsed forms."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import BUSYBOX_IMAGE, DOCKER, Runner
+
+
+def _ordering_shim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """SANDBOX_DOCKER: the real docker, logging when `image inspect` begins and ends and when
+    `run`/`create` begins; the inspect waits (at most 10 s) until a run or create has begun,
+    so the log shows whether the two overlap (nothing here is a timed assertion)."""
+    log, flag = tmp_path / "order.log", tmp_path / "made.flag"
+    script = tmp_path / "docker-order"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'log={log}; flag={flag}\n'
+        'if [ "$1" = image ] && [ "$2" = inspect ]; then\n'
+        '  echo inspect-begin >> "$log"; i=0\n'
+        '  while [ ! -e "$flag" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n'
+        f'  {DOCKER} "$@"; rc=$?; echo inspect-end >> "$log"; exit $rc\n'
+        'fi\n'
+        'case "$1" in run|create) echo "$1-begin" >> "$log"; : > "$flag";; esac\n'
+        f'exec {DOCKER} "$@"\n')
+    script.chmod(0o755)
+    return log, {"SANDBOX_DOCKER": str(script)}
+
+
+def _overlapped(log: Path, verb: str) -> None:
+    lines = log.read_text().split()
+    assert {"inspect-begin", "inspect-end", f"{verb}-begin"} <= set(lines), lines
+    assert lines.index("inspect-begin") < lines.index(f"{verb}-begin") \
+        < lines.index("inspect-end"), lines
+
+
+def test_start_asks_whether_the_image_is_a_snapshot_while_the_container_is_made(
+        docker_engine: None, sandbox: Runner, tmp_path: Path) -> None:
+    log, env = _ordering_shim(tmp_path)
+    name = "t-" + os.urandom(4).hex()
+    try:
+        sandbox("start", "--name", name, "--image", BUSYBOX_IMAGE, env=env, timeout=60,
+                check=True)
+        _overlapped(log, "run")
+        assert sandbox("exec", name, "true").returncode == 0
+    finally:
+        sandbox("purge", name)
+
+
+def test_run_asks_whether_the_image_is_a_snapshot_while_the_container_is_made(
+        docker_engine: None, sandbox: Runner, tmp_path: Path) -> None:
+    log, env = _ordering_shim(tmp_path)
+    proc = sandbox("run", "--image", BUSYBOX_IMAGE, "--", "echo", "hi", env=env, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, b"hi\n"), proc.stderr
+    _overlapped(log, "create")
+
+
+def _imports(sandbox: Runner, *args: str, input: bytes | None = None,
+             cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, bool]:
+    """Run the CLI with -X importtime: (the process, whether typer was imported). The
+    import lines are taken out of its stderr."""
+    proc = sandbox(*args, input=input, cwd=cwd, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = proc.stderr.splitlines(keepends=True)
+    typer = any(line.startswith(b"import time:") and line.rstrip().endswith(b"| typer")
+                for line in lines)
+    proc.stderr = b"".join(line for line in lines if not line.startswith(b"import time:"))
+    return proc, typer
+
+
+def test_plain_start_skips_typer_and_matches_the_typer_path(
+        docker_engine: None, sandbox: Runner, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sandbox.yaml").write_text("memory: 2g\n")  # a loosening: announced by both
+    fast, slow = ("t-" + os.urandom(4).hex() for _ in range(2))
+    try:
+        quick, typer_seen = _imports(sandbox, "start", f"--name={fast}", "--image",
+                                     BUSYBOX_IMAGE, cwd=project)
+        assert not typer_seen
+        parsed, typer_used = _imports(sandbox, "start", "--name", slow, "--image",
+                                      BUSYBOX_IMAGE, "--ttl", "1h", cwd=project)
+        assert typer_used
+        assert (quick.returncode, quick.stdout) == (0, f"{fast}\n".encode()), quick.stderr
+        assert (parsed.returncode, parsed.stdout) == (0, f"{slow}\n".encode()), parsed.stderr
+        assert quick.stderr == parsed.stderr
+        assert b"loosens the defaults: memory 2g" in quick.stderr.replace(b"=", b" ")
+        rows = {r["name"]: r for r in json.loads(sandbox("ls", "--json", check=True).stdout)}
+        for key in ("image", "network", "keep", "storage"):
+            assert rows[fast][key] == rows[slow][key], key
+        again, _ = _imports(sandbox, "start", "--name", fast, "--image", BUSYBOX_IMAGE)
+        assert again.returncode == 2
+        assert again.stderr == f"sandbox: error: a sandbox named '{fast}' already " \
+                               "exists\n".encode()
+    finally:
+        sandbox("purge", fast, slow)
+
+
+def test_plain_run_skips_typer_and_keeps_codes_stdin_and_refusals(
+        docker_engine: None, sandbox: Runner) -> None:
+    ran, typer_seen = _imports(sandbox, "run", "--image", BUSYBOX_IMAGE, "sh", "-c",
+                               "cat; echo err >&2; exit 3", input=b"piped\n")
+    assert not typer_seen
+    assert (ran.returncode, ran.stdout, ran.stderr) == (3, b"piped\n", b"err\n")
+    missing, typer_seen = _imports(sandbox, "run", "--image", BUSYBOX_IMAGE, "--", "pyhton")
+    assert not typer_seen
+    assert (missing.returncode, missing.stdout) == (127, b"")
+    assert missing.stderr == b"sandbox: error: command not found in the sandbox: 'pyhton'\n"
+    # Anything else is typer's: an option of run's after --image, or no command at all.
+    timed, typer_used = _imports(sandbox, "run", "--image", BUSYBOX_IMAGE, "--timeout", "30",
+                                 "true")
+    assert typer_used and timed.returncode == 0
+    bare, typer_used = _imports(sandbox, "run", "--image", BUSYBOX_IMAGE)
+    assert typer_used and bare.returncode == 2
+    assert json.loads(sandbox("ls", "--json", check=True).stdout) == []
