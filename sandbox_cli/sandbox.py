@@ -70,13 +70,14 @@ def iso_at(when: float) -> str:
     return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _make_folder(store: StateStore, name: str, disk_size: str,
-                 report: Report | None) -> tuple[int, int]:
+def _make_folder(store: StateStore, name: str, disk_size: str, report: Report | None,
+                 later: list[_PendingCap] | None = None) -> tuple[int, int]:
     """Create NAME's folder; returns the uid:gid the code will run as (new_sandbox_user).
 
     As root, the folder is handed to that uid and size-capped; as another user, it is shared
     between you and that uid through ACLs (acl.py), and only on a file system without ACLs
-    does the code run as you (said on stderr)."""
+    does the code run as you (said on stderr). With LATER, a cap that can be made is made on
+    a thread instead, appended there (see _PendingCap)."""
     folder = store.volume_path(name)
     try:
         os.mkdir(folder, 0o700)
@@ -88,7 +89,14 @@ def _make_folder(store: StateStore, name: str, disk_size: str,
     if os.getuid() == 0:
         os.chown(folder, *user)
         os.chmod(folder, 0o755)
-        _cap_folder(store, name, folder, disk_size, user, report)
+        if later is not None and disk_size != validate.UNLIMITED and disk.supported() is None:
+            # disk.attach alone: on failure the folder stays until _undo_start removes it,
+            # since a folder gone meanwhile would read as an engine refusing the bind.
+            size = int(validate.size_bytes(disk_size))
+            later.append(_PendingCap(
+                lambda: disk.attach(store.disks_dir, folder, name, size, user)))
+        else:
+            _cap_folder(store, name, folder, disk_size, user, report)
         return user
     _cap_folder(store, name, folder, disk_size, user, report)  # says why it is not capped
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -353,6 +361,40 @@ class _Prepared:
     spec: docker.RunSpec
     env: dict[str, str]  # -e values: they reach docker through a private env file
     egress: Any = None  # an egress.Plan with --allow-host
+    cap: _PendingCap | None = None  # the folder's cap, still being made (run's)
+
+
+class _PendingCap:
+    """A folder's size cap (disk.attach: mkfs and a loop mount, 10 to 30 ms) made on a thread
+    while `run`'s container is created: `docker create` only checks that the bind source
+    exists, and the mount is looked up at `docker start`. So `wait()` must return (and did
+    not raise) before the container starts and before anything is written to the folder;
+    `settle()` waits without raising, before an undo removes the folder (never under a mount
+    still being made)."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to wait(), in the thread that started us
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the cap is made; raises what making it raised."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def settle(self) -> None:
+        """Until the thread is done, whatever came of it (mkfs and mount have deadlines)."""
+        self._thread.join()
 
 
 def _cap_folder(store: StateStore, name: str, folder: str, size: str,
@@ -379,9 +421,11 @@ UNCAPPED_ROOT = ("the container's own file system is not capped (--writable-root
 
 def _prepare(store: StateStore, options: StartOptions, name: str | None,
              ttl_seconds: int | None, report: Report | None = None,
-             validated: Callable[[], None] | None = None) -> _Prepared:
+             validated: Callable[[], None] | None = None,
+             cap_later: bool = False) -> _Prepared:
     """Validate, claim the name and make the folder (owned by the container's user).
-    VALIDATED is called once the input is found good, before any docker call of ours."""
+    VALIDATED is called once the input is found good, before any docker call of ours. With
+    CAP_LATER, the folder's cap may still be in the making (_Prepared.cap)."""
     if name is not None:
         validate.name(name)
     name = name or generate_name()
@@ -396,8 +440,10 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         raise NameInUse(f"a sandbox named {name!r} already exists")
     eng = engine.current()
     storage = options.storage if options.storage != "auto" else BIND if eng.local else VOLUME
+    later: list[_PendingCap] = []
     if storage == BIND:
-        uid, gid = _make_folder(store, name, options.disk, report)
+        uid, gid = _make_folder(store, name, options.disk, report,
+                                later if cap_later else None)
         source = store.volume_path(name)
     else:  # the folder stays empty: it only claims the name, as for a bind
         _claim_name(store, name)
@@ -419,15 +465,16 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
         cap_add=list(options.cap_add), keep=ttl_seconds is None and options.keep,
         default_home="HOME" not in options.env,
     )
+    cap = later[0] if later else None
     if plan is None:
-        return _Prepared(name, spec, dict(options.env))
+        return _Prepared(name, spec, dict(options.env), cap=cap)
     from . import egress
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
     spec = replace(spec, network_options=egress.sandbox_network_options(plan))
     # In the container's own environment (the --env-file of docker run/create), so every
     # exec inherits it, as run's command does; the user's -e still wins.
-    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
+    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan, cap)
 
 
 def _egress_plan(store: StateStore, name: str, options: StartOptions,
@@ -483,6 +530,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
             _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
             else list(options.ports)
+        if prepared.cap is not None:  # made while docker created the container
+            prepared.cap.wait()
         if seed is not None:
             seed(prepared)
     except NameInUse:
@@ -518,6 +567,8 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
     one (killed mid-`docker run`), by this attempt's nonce label; then its folder (which
     _prepare created exclusively). Never by name. Cleanup failures leave the original error
     in charge: purge finds a leftover by its labels."""
+    if prepared.cap is not None:
+        prepared.cap.settle()
     try:
         refs = [container_id] if container_id else _attempt_containers(store, prepared.spec)
         if refs:
@@ -694,8 +745,10 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
     # (Bad input is still refused before any docker call: the check begins once it is good.)
     checks: list[snapshots.SnapshotCheck] = []
     try:
+        # `run`'s container is created, not started: its folder's cap is made meanwhile.
         prepared = _prepare(store, options, name, ttl_seconds, report,
-                            lambda: checks.append(snapshots.SnapshotCheck(options.image)))
+                            lambda: checks.append(snapshots.SnapshotCheck(options.image)),
+                            cap_later=build is not docker.run_argv)
 
         def seed(made: _Prepared) -> None:
             if made.spec.storage == BIND and checks and checks[0].answer():

@@ -1,11 +1,12 @@
 """What `start` and `run` spend their time on: the snapshot check overlaps the container's
-creation, and the plain forms (`start`, `run CMD`, with --image and --name at most) skip typer
-and behave exactly as the typer-parsed forms."""
+creation, so does `run`'s folder cap, and the plain forms (`start`, `run CMD`, with --image
+and --name at most) skip typer and behave exactly as the typer-parsed forms."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,3 +118,51 @@ def test_plain_run_skips_typer_and_keeps_codes_stdin_and_refusals(
     bare, typer_used = _imports(sandbox, "run", "--image", BUSYBOX_IMAGE)
     assert typer_used and bare.returncode == 2
     assert json.loads(sandbox("ls", "--json", check=True).stdout) == []
+
+
+def test_run_caps_its_folder_while_the_container_is_created(
+        docker_engine: None, sandbox: Runner, tmp_path: Path) -> None:
+    """mkfs (through a PATH shim that waits, at most 10 s, for `docker create` to begin)
+    overlaps the create, and the command still meets the cap: its folder is mounted before
+    `docker start`."""
+    log, env = _ordering_shim(tmp_path)
+    real = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
+    assert real is not None
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    shim = tools / "mkfs.ext4"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'echo mkfs-begin >> {log}; i=0\n'
+        f'while [ ! -e {tmp_path / "made.flag"} ] && [ $i -lt 100 ]; do sleep 0.1; '
+        'i=$((i + 1)); done\n'
+        f'{real} "$@"; rc=$?; echo mkfs-end >> {log}; exit $rc\n')
+    shim.chmod(0o755)
+    env["PATH"] = f"{tools}:{os.environ['PATH']}"
+    fill = "head -c 40000000 /dev/zero > big; echo rc=$?; wc -c < big"
+    proc = sandbox("run", "--image", BUSYBOX_IMAGE, "--disk", "16m", "--", "sh", "-c", fill,
+                   env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().split()
+    assert lines.index("mkfs-begin") < lines.index("create-begin") < lines.index("mkfs-end")
+    said, size = proc.stdout.decode().split()
+    assert said != "rc=0" and int(size) < 16 * 2**20, proc.stdout
+
+
+def test_a_failed_cap_undoes_the_run(docker_engine: None, sandbox: Runner,
+                                     tmp_path: Path, home: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    shim = tools / "mkfs.ext4"
+    shim.write_text("#!/bin/sh\necho 'mkfs.ext4: refused' >&2\nexit 1\n")
+    shim.chmod(0o755)
+    name = "t-" + os.urandom(4).hex()
+    proc = sandbox("run", "--name", name, "--image", BUSYBOX_IMAGE, "--", "true",
+                   env={"PATH": f"{tools}:{os.environ['PATH']}"}, timeout=60)
+    assert proc.returncode == 7, proc.stderr  # as when made before the create
+    assert proc.stderr == b"sandbox: error: mkfs.ext4 failed: mkfs.ext4: refused\n"
+    assert not (home / "volumes" / name).exists()
+    assert not list((home / "disks").glob(f"{name}*"))
+    made = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"name=^{name}$"],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert made.strip() == ""
