@@ -9,7 +9,8 @@ Per sandbox started with `--allow-host`:
   service the host binds to 0.0.0.0;
 - a proxy container (`egress_proxy.py`, mounted read-only, run by the proxy image's python3),
   locked down like the sandbox, attached to that network (alias `egress-proxy`, listening there
-  only) and to the egress network (default: docker's `bridge`);
+  only) and to the egress network (default: docker's `bridge`), created while the network is
+  and started while the sandbox is;
 - the sandbox on the internal network only, with HTTP(S)_PROXY pointing at the proxy, and its
   embedded DNS told to forward to an address that answers nothing (`--dns 127.0.0.1`): on Docker
   20.10 the embedded resolver (127.0.0.11) of an internal network forwards outside names to the
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import docker, validate
 from .egress_proxy import PROXY_PORT, parse_rule, parse_rules
-from .errors import DockerError, InvalidInput
+from .errors import DockerError, InvalidInput, SandboxError
 
 if TYPE_CHECKING:
     from .config import StartOptions
@@ -51,7 +52,6 @@ PROXY_LOG_DIR = "/log"
 LOG_FILE = "egress.log"
 READY_FILE = "ready"
 ERRORS_FILE = "errors"  # the proxy's own failure, if any (it runs with --log-driver none)
-LISTEN_FILE = "listen"
 READY_TIMEOUT = 20.0
 DEFAULT_EGRESS_NETWORK = "bridge"
 DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
@@ -166,13 +166,23 @@ def proxy_program_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
 
 
-def proxy_run_argv(plan: Plan) -> list[str]:
-    """`docker run -d` of the proxy: locked down as the sandbox is, on the egress network (the
-    internal one is connected next, while the sandbox starts), living as long as the sandbox
-    does. It listens on the address written to `listen` in its log folder (its address on the
-    internal network, once connected), then says so in a file `ready` there."""
+def listen_alias(plan: Plan) -> str:
+    """The proxy's second alias on the internal network, random per start: the proxy resolves
+    it (Docker's embedded DNS) to learn the one address it listens on. Unlike `egress-proxy`,
+    no container of the egress network can carry it too."""
+    return f"egress-listen-{plan.attempt or plan.network.rsplit('-', 1)[-1]}"
+
+
+def proxy_create_argv(plan: Plan) -> list[str]:
+    """`docker create` of the proxy: locked down as the sandbox is, on the egress network (the
+    internal one is connected before it starts: see provisioned), living as long as the
+    sandbox does. It listens on its address on the internal network (listen_alias), then
+    says so in a file `ready` in its log folder. No --init: python3 is PID 1, so an image
+    without it fails `docker start` itself (with --init, tini would start and exit, and only
+    a timeout would tell); it starts no process, so it has no zombie to reap, and it is only
+    ever removed with SIGKILL (`rm -f`)."""
     args = ["--port", str(PROXY_PORT), "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}",
-            "--listen-file", f"{PROXY_LOG_DIR}/{LISTEN_FILE}",
+            "--listen-name", listen_alias(plan),
             "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}",
             "--errors", f"{PROXY_LOG_DIR}/{ERRORS_FILE}"]
     for rule in plan.allow:
@@ -182,13 +192,12 @@ def proxy_run_argv(plan: Plan) -> list[str]:
     if plan.lifetime is not None:
         args += ["--lifetime", str(plan.lifetime)]
     return [
-        docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
+        docker.docker_binary(), "create", "--rm", "--pull", "never",
         "--name", plan.proxy, *_labels(plan, managed=False),
         "--network", plan.egress_network,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
         "--read-only", "--pids-limit", str(PROXY_PIDS),
         "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
-        "--init",
         "--no-healthcheck",  # as the sandbox: an image's HEALTHCHECK would run unbounded
         "--log-driver", "none",  # as the sandbox; its own failure goes to ERRORS_FILE
         "--env", "PYTHONDONTWRITEBYTECODE=1",
@@ -198,11 +207,16 @@ def proxy_run_argv(plan: Plan) -> list[str]:
     ]
 
 
-def network_connect_argv(network_name: str, container: str) -> list[str]:
-    """`docker network connect --alias egress-proxy NETWORK CONTAINER` (the alias is the
-    proxy's name for the sandbox, known on that network only)."""
-    return [docker.docker_binary(), "network", "connect", "--alias", PROXY_ALIAS, network_name,
-            container]
+def network_connect_argv(network_name: str, container: str, *aliases: str) -> list[str]:
+    """`docker network connect --alias egress-proxy [--alias A]... NETWORK CONTAINER` (the
+    aliases are the proxy's names there, known on that network only)."""
+    names = [a for alias in (PROXY_ALIAS, *aliases) for a in ("--alias", alias)]
+    return [docker.docker_binary(), "network", "connect", *names, network_name, container]
+
+
+def proxy_start_argv(container: str) -> list[str]:
+    """`docker start CONTAINER` (the proxy, once on both networks)."""
+    return [docker.docker_binary(), "start", container]
 
 
 def sandbox_network_options(plan: Plan) -> list[str]:
@@ -304,59 +318,46 @@ def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
             os.close(fd)
 
 
-def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
-    """Run the proxy (pulling its image once if missing); returns its container id."""
+def _create_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Create the proxy (pulling its image once if missing); returns its container id."""
     from .errors import ImageError
 
     try:
         try:
-            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
         except ImageError:
             pull(plan.image)
-            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
     except DockerError as exc:
-        low = exc.stderr.lower()
-        if "network" in low and "not found" in low:
-            raise InvalidInput(f"egress network {plan.egress_network!r} not found "
-                               "(see `docker network ls`)") from None
-        if "executable file not found" in low or "no such file" in low:
-            raise InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
-                               "choose one with --proxy-image") from None
-        raise
+        raise _in_words(plan, exc) from None
 
 
 def _connect_proxy(plan: Plan, proxy_id: str) -> None:
-    """Attach the proxy to the internal network; a proxy already gone means its program could
-    not start (the usual cause: an image without python3; --init starts it, so `docker run`
-    itself succeeded)."""
-    from .errors import SandboxNotFound
+    """Attach the (created, not yet started) proxy to the internal network, with its aliases:
+    on a container that does not run yet this only records the endpoint, which its start
+    then makes with the other one (connecting a running container costs a second network
+    setup)."""
+    docker.run_docker(network_connect_argv(plan.network, proxy_id, listen_alias(plan)))
 
+
+def _start_proxy(plan: Plan, proxy_id: str) -> None:
+    """Start the proxy: a missing egress network or an image without python3 fail here."""
     try:
-        docker.run_docker(network_connect_argv(plan.network, proxy_id))
-    except (SandboxNotFound, DockerError) as exc:
-        low = exc.message.lower()
-        if isinstance(exc, SandboxNotFound) or "marked for removal" in low \
-                or "not running" in low or "no such container" in low:
-            raise InvalidInput(f"the egress proxy exited at once: image {plan.image!r} needs "
-                               "python3 to run it (choose one with --proxy-image)") from None
-        raise
+        docker.run_docker(proxy_start_argv(proxy_id), timeout=docker.DEADLINE_CREATE)
+    except DockerError as exc:
+        raise _in_words(plan, exc) from None
 
 
-def _tell_listen_address(plan: Plan, proxy_id: str) -> None:
-    """Write the proxy's address on the internal network where the proxy waits for it."""
-    import ipaddress
-
-    raw = docker.run_docker(docker.networks_argv(proxy_id)).stdout
-    try:
-        address = str(ipaddress.ip_address(json.loads(raw)[plan.network]["IPAddress"]))
-    except (ValueError, KeyError, TypeError):
-        raise DockerError(f"the egress proxy of {plan.sandbox!r} has no address on its "
-                          "internal network", [], 1, raw) from None
-    tmp = os.path.join(plan.log_dir, f".{LISTEN_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(address + "\n")
-    os.replace(tmp, os.path.join(plan.log_dir, LISTEN_FILE))
+def _in_words(plan: Plan, exc: DockerError) -> SandboxError:
+    """The user's mistakes behind a failed create or start of the proxy, as InvalidInput."""
+    low = (exc.stderr or exc.message).lower()
+    if "network" in low and "not found" in low:
+        return InvalidInput(f"egress network {plan.egress_network!r} not found "
+                            "(see `docker network ls`)")
+    if "executable file not found" in low or "no such file" in low:
+        return InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
+                            "choose one with --proxy-image")
+    return exc
 
 
 def _wait_ready(plan: Plan) -> None:
@@ -391,11 +392,16 @@ def _proxy_failure(plan: Plan) -> str:
 @contextmanager
 def provisioned(plan: Plan, owner: tuple[int, int] | None,
                 pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """Start PLAN's proxy (on the egress network) in the background while the internal network
-    is created and the body starts the sandbox on it; the proxy joins the internal network as
-    soon as it exists. When the block ends, the proxy listens (or its failure is raised). The
-    caller removes what was made when anything fails (`remove`, after the sandbox's
-    container: a network cannot be removed while the sandbox is on it)."""
+    """Make PLAN's internal network while the proxy is created (on the egress network: that
+    needs no internal network yet), then let the body start the sandbox on the network while
+    the proxy is connected to it and started. When the block ends, the proxy listens (or its
+    failure is raised): `start` must not return a sandbox whose first connection would be
+    refused. The caller removes what was made when anything fails (`undo`, after the
+    sandbox's container: a network cannot be removed while the sandbox is on it).
+
+    The critical path is network create + the slower of the sandbox's `docker run` and the
+    proxy's connect + start + listen; the proxy's `docker create` hides behind the network's
+    creation. The proxy needs no inspect: it finds its address by its alias (listen_alias)."""
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
     network_made = threading.Event()
@@ -403,13 +409,12 @@ def provisioned(plan: Plan, owner: tuple[int, int] | None,
 
     def work() -> None:
         try:
-            result["proxy_id"] = proxy_id = _run_proxy(plan, pull)
+            result["proxy_id"] = proxy_id = _create_proxy(plan, pull)
             network_made.wait()
             if network_failed.is_set():
                 return
             _connect_proxy(plan, proxy_id)
-            _tell_listen_address(plan, proxy_id)
-            _wait_ready(plan)
+            _start_proxy(plan, proxy_id)
         except BaseException as exc:  # handed to the main thread
             failure.append(exc)
 
@@ -432,6 +437,7 @@ def provisioned(plan: Plan, owner: tuple[int, int] | None,
         worker.join()  # also after a failure: the caller's cleanup must not race the proxy
     if failure:
         raise failure[0]
+    _wait_ready(plan)
 
 
 def _labelled(argv: list[str]) -> list[tuple[str, str, str]]:

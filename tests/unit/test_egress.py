@@ -198,19 +198,23 @@ def test_network_is_internal_without_a_host_address() -> None:
 
 
 def test_proxy_argv_is_locked_down() -> None:
-    argv = egress.proxy_run_argv(_plan())
+    argv = egress.proxy_create_argv(_plan(attempt="0123abcd"))
+    assert argv[1] == "create"
     joined = " ".join(argv)
     for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
                  "--user 65534:65534", "--read-only", "--pids-limit", "--memory 128m",
                  "--memory-swap 128m", "--no-healthcheck", "--network bridge",
-                 "--ready /log/ready", "--listen-file /log/listen", "--allow pypi.org",
+                 "--ready /log/ready", "--listen-name egress-listen-0123abcd", "--allow pypi.org",
                  "--deny-addr 192.0.2.2",
                  "--lifetime 3600", f"source={egress.proxy_program_path()},target="
                  f"{egress.PROXY_PROGRAM},readonly"):
         assert flag in joined, flag
     assert "sandbox-cli.managed=1" not in argv  # not a sandbox to ls or purge
-    assert "--lifetime" not in egress.proxy_run_argv(_plan(lifetime=None))
-    assert egress.network_connect_argv("net", "p")[-4:] == ["--alias", "egress-proxy", "net", "p"]
+    assert "--init" not in argv  # python3 is PID 1: an image without it fails `docker start`
+    assert "--lifetime" not in egress.proxy_create_argv(_plan(lifetime=None))
+    assert egress.network_connect_argv("net", "p", "egress-listen-1")[-6:] == [
+        "--alias", "egress-proxy", "--alias", "egress-listen-1", "net", "p"]
+    assert egress.proxy_start_argv("p")[1:] == ["start", "p"]
     assert os.path.isfile(egress.proxy_program_path())
 
 
