@@ -120,6 +120,7 @@ class Plan:
     lifetime: int | None
     deny: list[str] = field(default_factory=list)
     attempt: str = ""  # docker.LABEL_ATTEMPT's value on both pieces: the start's own
+    job: _Job | None = field(default=None, repr=False, compare=False)  # see begin
 
 
 def new_plan(store: StateStore, name: str, options: StartOptions, user: str,
@@ -389,54 +390,99 @@ def _proxy_failure(plan: Plan) -> str:
     return "".join(c if c.isprintable() else "?" for c in lines[-1])[:300] if lines else ""
 
 
-@contextmanager
-def provisioned(plan: Plan, owner: tuple[int, int] | None,
-                pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """Make PLAN's internal network while the proxy is created (on the egress network: that
-    needs no internal network yet), then let the body start the sandbox on the network while
-    the proxy is connected to it and started. When the block ends, the proxy listens (or its
-    failure is raised): `start` must not return a sandbox whose first connection would be
-    refused. The caller removes what was made when anything fails (`undo`, after the
-    sandbox's container: a network cannot be removed while the sandbox is on it).
+class _Job:
+    """What begin starts in the background: the internal network's creation beside the
+    proxy's, then the proxy's connection to that network and its start. Two threads: each
+    step waits only for what it needs."""
 
-    The critical path is network create + the slower of the sandbox's `docker run` and the
-    proxy's connect + start + listen; the proxy's `docker create` hides behind the network's
-    creation. The proxy needs no inspect: it finds its address by its alias (listen_alias)."""
-    result: dict[str, Any] = {}
-    failure: list[BaseException] = []
-    network_made = threading.Event()
-    network_failed = threading.Event()
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.network_made = threading.Event()
+        self.network_error: BaseException | None = None
+        self.proxy_id = ""
+        self.proxy_error: BaseException | None = None
+        self.threads = [threading.Thread(target=self._network, name="egress-network",
+                                         daemon=True),
+                        threading.Thread(target=self._proxy, name="egress-proxy", daemon=True)]
 
-    def work() -> None:
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        """Until both threads are done (each docker call has its deadline)."""
+        for thread in self.threads:
+            thread.join()
+
+    def _network(self) -> None:
         try:
-            result["proxy_id"] = proxy_id = _create_proxy(plan, pull)
-            network_made.wait()
-            if network_failed.is_set():
-                return
-            _connect_proxy(plan, proxy_id)
-            _start_proxy(plan, proxy_id)
-        except BaseException as exc:  # handed to the main thread
-            failure.append(exc)
-
-    _make_log_dir(plan, owner)
-    worker = threading.Thread(target=work, name="egress-proxy", daemon=True)
-    worker.start()
-    try:
-        try:
-            docker.run_docker(network_create_argv(plan))
-        except BaseException as exc:
-            network_failed.set()
-            if isinstance(exc, DockerError):
-                raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
-                                  exc.argv, exc.returncode, exc.stderr) from None
-            raise
+            docker.run_docker(network_create_argv(self.plan))
+        except BaseException as exc:  # handed to provisioned
+            self.network_error = exc
         finally:
-            network_made.set()
-        yield result
+            self.network_made.set()
+
+    def _proxy(self) -> None:
+        from .errors import ImageError
+
+        try:
+            self.proxy_id = proxy_id = docker.run_docker(proxy_create_argv(self.plan)
+                                                         ).stdout.strip()
+            self.network_made.wait()
+            if self.network_error is None:
+                _connect_proxy(self.plan, proxy_id)
+                _start_proxy(self.plan, proxy_id)
+        except ImageError as exc:  # provisioned pulls it (with the caller's progress)
+            self.proxy_error = exc
+        except DockerError as exc:
+            self.proxy_error = _in_words(self.plan, exc)
+        except BaseException as exc:
+            self.proxy_error = exc
+
+
+def begin(plan: Plan, owner: tuple[int, int] | None) -> None:
+    """Start making PLAN's network and proxy in the background, as soon as the sandbox's user
+    is known (`start` goes on preparing the sandbox meanwhile: its image check, its folder's
+    seeding); provisioned finishes, undo (after a failure) waits for it first."""
+    _make_log_dir(plan, owner)
+    plan.job = _Job(plan)
+    plan.job.start()
+
+
+@contextmanager
+def provisioned(plan: Plan, pull: Callable[[str], None]) -> Iterator[None]:
+    """Around the sandbox's `docker run`: before it, the internal network exists (begin made
+    it); after it, the proxy listens (or its failure is raised): `start` must not return a
+    sandbox whose first connection would be refused. The caller removes what was made when
+    anything fails (`undo`, after the sandbox's container: a network cannot be removed while
+    the sandbox is on it).
+
+    The critical path is the network's creation + the slower of the sandbox's `docker run`
+    and the proxy's connect + start + listen, all begun while `start` still prepared the
+    sandbox. The proxy needs no inspect: it finds its address by its alias (listen_alias)."""
+    from .errors import ImageError
+
+    job = plan.job
+    if job is None:
+        raise RuntimeError("egress.begin was not called")
+    try:
+        job.network_made.wait()
+        exc = job.network_error
+        if isinstance(exc, DockerError):
+            raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
+                              exc.argv, exc.returncode, exc.stderr) from None
+        if exc is not None:
+            raise exc
+        yield
     finally:
-        worker.join()  # also after a failure: the caller's cleanup must not race the proxy
-    if failure:
-        raise failure[0]
+        job.join()  # also after a failure: the caller's cleanup must not race the proxy
+    if isinstance(job.proxy_error, ImageError):  # not here yet: pull, then the slow way
+        pull(plan.image)
+        proxy_id = _create_proxy(plan, lambda _image: None)
+        _connect_proxy(plan, proxy_id)
+        _start_proxy(plan, proxy_id)
+    elif job.proxy_error is not None:
+        raise job.proxy_error
     _wait_ready(plan)
 
 
@@ -512,7 +558,10 @@ def end_all(store: StateStore, names: Sequence[str]) -> None:
 def undo(store: StateStore, plan: Plan) -> None:
     """A failed start: remove what PLAN's start made (found by its attempt label, so never a
     same-named leftover's pieces), and its log folder (the name is this start's: its sandbox
-    folder was made exclusively)."""
+    folder was made exclusively). What begin started is waited for first: a network still
+    being made would otherwise be missed by the listing."""
+    if plan.job is not None:
+        plan.job.join()
     _remove_by_label(store.label, lambda _n, _c: True, name=plan.sandbox, attempt=plan.attempt)
     _remove_log_dirs(store.home, [plan.sandbox])
 

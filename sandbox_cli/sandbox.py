@@ -421,6 +421,9 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
     spec = replace(spec, network_options=egress.sandbox_network_options(plan))
+    # Last: nothing here fails after it. Network and proxy are made while start goes on;
+    # every failure from here on goes through _undo_egress.
+    egress.begin(plan, file_owner_of(spec.user))
     # In the container's own environment (the --env-file of docker run/create), so every
     # exec inherits it, as run's command does; the user's -e still wins.
     return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
@@ -518,14 +521,17 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
         pass
     if prepared.spec.storage == VOLUME:
         _remove_volume_quietly(prepared.spec.volume)
-    if prepared.egress is not None:  # after the container: a network in use cannot go
-        from contextlib import suppress
+    _undo_egress(store, prepared)  # after the container: a network in use cannot go
+    _remove_folders(store, [prepared.name])
 
+
+def _undo_egress(store: StateStore, prepared: _Prepared) -> None:
+    """Remove the egress network and proxy this start made (egress.begin), if any."""
+    if prepared.egress is not None:
         from . import egress
 
         with suppress(SandboxError):
             egress.undo(store, prepared.egress)
-    _remove_folders(store, [prepared.name])
 
 
 def _make_volume(store: StateStore, spec: docker.RunSpec) -> None:
@@ -629,8 +635,7 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
         return nullcontext()
     from . import egress
 
-    return egress.provisioned(prepared.egress, file_owner_of(prepared.spec.user),
-                              lambda image: pull_image(image, progress))
+    return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
 
 
 def _egress_record(prepared: _Prepared) -> dict[str, Any]:
@@ -707,6 +712,7 @@ def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
             else None
         walked = snapshots.seed(store, image, prepared.name, owner)
     except OSError as exc:  # a full --disk cap above all: say which step, exit 1
+        _undo_egress(store, prepared)
         _remove_folders(store, [prepared.name])
         raise OSError(exc.errno, f"could not fill /app from snapshot {image}: "
                       f"{exc.strerror or exc}" + (" (a larger --disk?)"
@@ -714,6 +720,7 @@ def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
     except BaseException:
         # No container yet: only the folder to undo (never _undo_start, whose search by
         # attempt nonce has no nonce to go by before _create).
+        _undo_egress(store, prepared)
         _remove_folders(store, [prepared.name])
         raise
     _say(report, f"/app seeded from snapshot {image} ({walked.files} "
