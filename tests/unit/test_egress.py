@@ -258,3 +258,31 @@ def test_bad_allow_host_is_exit_2(fake_docker: tuple[Path, dict[str, str]],
     assert proc.returncode == 2
     assert "--allow-host" in proc.stderr and proc.stderr.count("\n") == 1
     assert not calls.exists()
+
+
+def test_proxy_arguments_without_argparse() -> None:
+    settings = proxy._arguments(["--listen-name", "egress-listen-1", "--allow", "pypi.org",
+                                 "--allow", "*.example.com:8443", "--deny-addr", "192.0.2.2",
+                                 "--lifetime", "60", "--ready", "/log/ready"])
+    assert settings.listen == "egress-listen-1" and settings.port == proxy.PROXY_PORT
+    assert [r.text() for r in settings.rules] == ["pypi.org", "*.example.com:8443"]
+    assert settings.denied == {ipaddress.ip_address("192.0.2.2")}
+    assert settings.lifetime == 60.0 and settings.ready == "/log/ready"
+    for bad in (["--allow", "x.org"], ["--listen-name"], ["--listen-name", "a", "--bogus", "1"]):
+        with pytest.raises(SystemExit):
+            proxy._arguments(bad)
+
+
+def test_relayed_sockets_get_tcp_nodelay() -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        proxy._no_delay(client, server)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
