@@ -58,6 +58,10 @@ DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has p
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_MEMORY = "128m"  # 64 connections of ~1 MiB of buffers each, and python
 PROXY_PIDS = 32
+# The internal network joins two ends of one veth bridge and nothing else (no route, no host
+# address), so no path on it has a smaller MTU: a 64 KiB one makes every relayed byte cost the
+# proxy and the sandbox ~40 times fewer TCP segments (and ACKs) than 1500 would.
+INTERNAL_MTU = 65520
 READ_LIMIT = 4 << 20  # bytes of log read per file at most
 SWEEP_MIN_AGE_SECONDS = 60
 _LIST_FORMAT = f'{{{{.ID}}}}\t{{{{.Label "{docker.LABEL_NAME}"}}}}\t{{{{.CreatedAt}}}}'
@@ -156,9 +160,11 @@ def _labels(plan: Plan, *, managed: bool) -> list[str]:
 
 
 def network_create_argv(plan: Plan) -> list[str]:
-    """`docker network create --internal` without an address of the host on it."""
+    """`docker network create --internal` without an address of the host on it, and with the
+    largest MTU a veth takes (INTERNAL_MTU)."""
     return [docker.docker_binary(), "network", "create", "--internal",
             "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+            "--opt", f"com.docker.network.driver.mtu={INTERNAL_MTU}",
             *_labels(plan, managed=True), plan.network]
 
 

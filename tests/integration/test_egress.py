@@ -419,6 +419,9 @@ def test_proxy_is_locked_down_and_listens_on_internal_network_only(
     assert len(networks) == 1 and next(iter(networks)).startswith("sandbox-egress-")
     internal = next(iter(networks))
     assert _docker("network", "inspect", "-f", "{{.Internal}}", internal) == "true"
+    # A 64 KiB MTU between sandbox and proxy: fewer segments for the relay to move.
+    mtu = _py(egress_home, ebox, "import socket; print(open('/sys/class/net/eth0/mtu').read())")
+    assert mtu.stdout.strip() == b"65520", mtu
     env = _py(egress_home, ebox, "import os; print(os.environ['HTTPS_PROXY'], "
               "os.environ['no_proxy'])").stdout.decode()
     assert env.startswith("http://egress-proxy:3128 ") and "127.0.0.1" in env

@@ -193,6 +193,7 @@ def test_network_is_internal_without_a_host_address() -> None:
     argv = egress.network_create_argv(_plan())
     assert argv[1:4] == ["network", "create", "--internal"]
     assert "com.docker.network.bridge.inhibit_ipv4=true" in argv
+    assert f"com.docker.network.driver.mtu={egress.INTERNAL_MTU}" in argv
     assert "sandbox-cli.home=abc" in argv and "sandbox-cli.name=box" in argv
     assert argv[-1] == "sandbox-egress-box-1"
 
