@@ -416,9 +416,11 @@ class _Job:
             thread.start()
 
     def join(self) -> None:
-        """Until both threads are done (each docker call has its deadline)."""
+        """Until both threads are done (each docker call has its deadline); one that never
+        started (begin failed) has nothing to wait for."""
         for thread in self.threads:
-            thread.join()
+            if thread.ident is not None:
+                thread.join()
 
     def _network(self) -> None:
         try:

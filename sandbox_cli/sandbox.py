@@ -421,12 +421,18 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
     spec = replace(spec, network_options=egress.sandbox_network_options(plan))
-    # Last: nothing here fails after it. Network and proxy are made while start goes on;
-    # every failure from here on goes through _undo_egress.
-    egress.begin(plan, file_owner_of(spec.user))
-    # In the container's own environment (the --env-file of docker run/create), so every
-    # exec inherits it, as run's command does; the user's -e still wins.
-    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
+    # The proxy variables are in the container's own environment (the --env-file of docker
+    # run/create), so every exec inherits them, as run's command does; the user's -e wins.
+    # Last: network and proxy are made while start goes on; every failure from here on goes
+    # through _undo_egress.
+    prepared = _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan)
+    try:
+        egress.begin(plan, file_owner_of(spec.user))
+    except BaseException:
+        _undo_egress(store, prepared)
+        _remove_folders(store, [name])
+        raise
+    return prepared
 
 
 def _egress_plan(store: StateStore, name: str, options: StartOptions,
@@ -526,11 +532,12 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
 
 
 def _undo_egress(store: StateStore, prepared: _Prepared) -> None:
-    """Remove the egress network and proxy this start made (egress.begin), if any."""
+    """Remove the egress network and proxy this start made (egress.begin), if any. Best
+    effort, like the rest of the undo: the original error stays in charge."""
     if prepared.egress is not None:
         from . import egress
 
-        with suppress(SandboxError):
+        with suppress(SandboxError, OSError):
             egress.undo(store, prepared.egress)
 
 
@@ -718,8 +725,8 @@ def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
                       f"{exc.strerror or exc}" + (" (a larger --disk?)"
                                                   if exc.errno == errno.ENOSPC else "")) from None
     except BaseException:
-        # No container yet: only the folder to undo (never _undo_start, whose search by
-        # attempt nonce has no nonce to go by before _create).
+        # No container yet: only the folder (and the egress begun) to undo (never
+        # _undo_start, whose search by attempt nonce has no nonce to go by before _create).
         _undo_egress(store, prepared)
         _remove_folders(store, [prepared.name])
         raise

@@ -643,3 +643,23 @@ def test_failed_sandbox_run_removes_the_egress_begun_beside_it(upstream: Upstrea
         assert not (tmp_path / "home" / "egress" / name).exists()
     finally:
         home("purge", "--all")
+
+
+def test_start_that_cannot_make_the_proxy_log_folder_leaves_nothing(tmp_path: Path,
+                                                                    docker_engine: None) -> None:
+    # The host refuses the proxy's log folder ($SANDBOX_HOME/egress is a file): one line,
+    # and neither the sandbox's folder nor any egress piece stays behind.
+    home = Home(tmp_path)
+    (tmp_path / "home").mkdir(mode=0o700)
+    (tmp_path / "home" / "egress").write_text("not a folder")
+    try:
+        proc = home("start", "--name", "eglog", "--image", PYTHON_IMAGE, "--allow-host",
+                    "x.test")
+        assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert b"egress" in proc.stderr and b"Traceback" not in proc.stderr
+        assert not (tmp_path / "home" / "volumes" / "eglog").exists()
+        assert _egress_pieces(home.label()) == ([], [])
+        assert json.loads(home("ls", "--json", check=True).stdout) == []
+    finally:
+        (tmp_path / "home" / "egress").unlink(missing_ok=True)
+        home("purge", "--all")
