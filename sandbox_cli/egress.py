@@ -9,7 +9,8 @@ Per sandbox started with `--allow-host`:
   service the host binds to 0.0.0.0;
 - a proxy container (`egress_proxy.py`, mounted read-only, run by the proxy image's python3),
   locked down like the sandbox, attached to that network (alias `egress-proxy`, listening there
-  only) and to the egress network (default: docker's `bridge`);
+  only) and to the egress network (default: docker's `bridge`), created while the network is
+  and started while the sandbox is;
 - the sandbox on the internal network only, with HTTP(S)_PROXY pointing at the proxy, and its
   embedded DNS told to forward to an address that answers nothing (`--dns 127.0.0.1`): on Docker
   20.10 the embedded resolver (127.0.0.11) of an internal network forwards outside names to the
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import docker, validate
 from .egress_proxy import PROXY_PORT, parse_rule, parse_rules
-from .errors import DockerError, InvalidInput
+from .errors import DockerError, InvalidInput, SandboxError
 
 if TYPE_CHECKING:
     from .config import StartOptions
@@ -51,13 +52,16 @@ PROXY_LOG_DIR = "/log"
 LOG_FILE = "egress.log"
 READY_FILE = "ready"
 ERRORS_FILE = "errors"  # the proxy's own failure, if any (it runs with --log-driver none)
-LISTEN_FILE = "listen"
 READY_TIMEOUT = 20.0
 DEFAULT_EGRESS_NETWORK = "bridge"
 DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has python3)
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_MEMORY = "128m"  # 64 connections of ~1 MiB of buffers each, and python
 PROXY_PIDS = 32
+# The internal network joins two ends of one veth bridge and nothing else (no route, no host
+# address), so no path on it has a smaller MTU: a 64 KiB one makes every relayed byte cost the
+# proxy and the sandbox ~40 times fewer TCP segments (and ACKs) than 1500 would.
+INTERNAL_MTU = 65520
 READ_LIMIT = 4 << 20  # bytes of log read per file at most
 SWEEP_MIN_AGE_SECONDS = 60
 _LIST_FORMAT = f'{{{{.ID}}}}\t{{{{.Label "{docker.LABEL_NAME}"}}}}\t{{{{.CreatedAt}}}}'
@@ -120,6 +124,7 @@ class Plan:
     lifetime: int | None
     deny: list[str] = field(default_factory=list)
     attempt: str = ""  # docker.LABEL_ATTEMPT's value on both pieces: the start's own
+    job: _Job | None = field(default=None, repr=False, compare=False)  # see begin
 
 
 def new_plan(store: StateStore, name: str, options: StartOptions, user: str,
@@ -155,9 +160,11 @@ def _labels(plan: Plan, *, managed: bool) -> list[str]:
 
 
 def network_create_argv(plan: Plan) -> list[str]:
-    """`docker network create --internal` without an address of the host on it."""
+    """`docker network create --internal` without an address of the host on it, and with the
+    largest MTU a veth takes (INTERNAL_MTU)."""
     return [docker.docker_binary(), "network", "create", "--internal",
             "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
+            "--opt", f"com.docker.network.driver.mtu={INTERNAL_MTU}",
             *_labels(plan, managed=True), plan.network]
 
 
@@ -166,13 +173,23 @@ def proxy_program_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
 
 
-def proxy_run_argv(plan: Plan) -> list[str]:
-    """`docker run -d` of the proxy: locked down as the sandbox is, on the egress network (the
-    internal one is connected next, while the sandbox starts), living as long as the sandbox
-    does. It listens on the address written to `listen` in its log folder (its address on the
-    internal network, once connected), then says so in a file `ready` there."""
+def listen_alias(plan: Plan) -> str:
+    """The proxy's second alias on the internal network, random per start: the proxy resolves
+    it (Docker's embedded DNS) to learn the one address it listens on. Unlike `egress-proxy`,
+    no container of the egress network can carry it too."""
+    return f"egress-listen-{plan.attempt or plan.network.rsplit('-', 1)[-1]}"
+
+
+def proxy_create_argv(plan: Plan) -> list[str]:
+    """`docker create` of the proxy: locked down as the sandbox is, on the egress network (the
+    internal one is connected before it starts: see provisioned), living as long as the
+    sandbox does. It listens on its address on the internal network (listen_alias), then
+    says so in a file `ready` in its log folder. No --init: python3 is PID 1, so an image
+    without it fails `docker start` itself (with --init, tini would start and exit, and only
+    a timeout would tell); it starts no process, so it has no zombie to reap, and it is only
+    ever removed with SIGKILL (`rm -f`)."""
     args = ["--port", str(PROXY_PORT), "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}",
-            "--listen-file", f"{PROXY_LOG_DIR}/{LISTEN_FILE}",
+            "--listen-name", listen_alias(plan),
             "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}",
             "--errors", f"{PROXY_LOG_DIR}/{ERRORS_FILE}"]
     for rule in plan.allow:
@@ -182,13 +199,12 @@ def proxy_run_argv(plan: Plan) -> list[str]:
     if plan.lifetime is not None:
         args += ["--lifetime", str(plan.lifetime)]
     return [
-        docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
+        docker.docker_binary(), "create", "--rm", "--pull", "never",
         "--name", plan.proxy, *_labels(plan, managed=False),
         "--network", plan.egress_network,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
         "--read-only", "--pids-limit", str(PROXY_PIDS),
         "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
-        "--init",
         "--no-healthcheck",  # as the sandbox: an image's HEALTHCHECK would run unbounded
         "--log-driver", "none",  # as the sandbox; its own failure goes to ERRORS_FILE
         "--env", "PYTHONDONTWRITEBYTECODE=1",
@@ -198,11 +214,16 @@ def proxy_run_argv(plan: Plan) -> list[str]:
     ]
 
 
-def network_connect_argv(network_name: str, container: str) -> list[str]:
-    """`docker network connect --alias egress-proxy NETWORK CONTAINER` (the alias is the
-    proxy's name for the sandbox, known on that network only)."""
-    return [docker.docker_binary(), "network", "connect", "--alias", PROXY_ALIAS, network_name,
-            container]
+def network_connect_argv(network_name: str, container: str, *aliases: str) -> list[str]:
+    """`docker network connect --alias egress-proxy [--alias A]... NETWORK CONTAINER` (the
+    aliases are the proxy's names there, known on that network only)."""
+    names = [a for alias in (PROXY_ALIAS, *aliases) for a in ("--alias", alias)]
+    return [docker.docker_binary(), "network", "connect", *names, network_name, container]
+
+
+def proxy_start_argv(container: str) -> list[str]:
+    """`docker start CONTAINER` (the proxy, once on both networks)."""
+    return [docker.docker_binary(), "start", container]
 
 
 def sandbox_network_options(plan: Plan) -> list[str]:
@@ -304,59 +325,46 @@ def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
             os.close(fd)
 
 
-def _run_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
-    """Run the proxy (pulling its image once if missing); returns its container id."""
+def _create_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Create the proxy (pulling its image once if missing); returns its container id."""
     from .errors import ImageError
 
     try:
         try:
-            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
         except ImageError:
             pull(plan.image)
-            return docker.run_docker(proxy_run_argv(plan)).stdout.strip()
+            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
     except DockerError as exc:
-        low = exc.stderr.lower()
-        if "network" in low and "not found" in low:
-            raise InvalidInput(f"egress network {plan.egress_network!r} not found "
-                               "(see `docker network ls`)") from None
-        if "executable file not found" in low or "no such file" in low:
-            raise InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
-                               "choose one with --proxy-image") from None
-        raise
+        raise _in_words(plan, exc) from None
 
 
 def _connect_proxy(plan: Plan, proxy_id: str) -> None:
-    """Attach the proxy to the internal network; a proxy already gone means its program could
-    not start (the usual cause: an image without python3; --init starts it, so `docker run`
-    itself succeeded)."""
-    from .errors import SandboxNotFound
+    """Attach the (created, not yet started) proxy to the internal network, with its aliases:
+    on a container that does not run yet this only records the endpoint, which its start
+    then makes with the other one (connecting a running container costs a second network
+    setup)."""
+    docker.run_docker(network_connect_argv(plan.network, proxy_id, listen_alias(plan)))
 
+
+def _start_proxy(plan: Plan, proxy_id: str) -> None:
+    """Start the proxy: a missing egress network or an image without python3 fail here."""
     try:
-        docker.run_docker(network_connect_argv(plan.network, proxy_id))
-    except (SandboxNotFound, DockerError) as exc:
-        low = exc.message.lower()
-        if isinstance(exc, SandboxNotFound) or "marked for removal" in low \
-                or "not running" in low or "no such container" in low:
-            raise InvalidInput(f"the egress proxy exited at once: image {plan.image!r} needs "
-                               "python3 to run it (choose one with --proxy-image)") from None
-        raise
+        docker.run_docker(proxy_start_argv(proxy_id), timeout=docker.DEADLINE_CREATE)
+    except DockerError as exc:
+        raise _in_words(plan, exc) from None
 
 
-def _tell_listen_address(plan: Plan, proxy_id: str) -> None:
-    """Write the proxy's address on the internal network where the proxy waits for it."""
-    import ipaddress
-
-    raw = docker.run_docker(docker.networks_argv(proxy_id)).stdout
-    try:
-        address = str(ipaddress.ip_address(json.loads(raw)[plan.network]["IPAddress"]))
-    except (ValueError, KeyError, TypeError):
-        raise DockerError(f"the egress proxy of {plan.sandbox!r} has no address on its "
-                          "internal network", [], 1, raw) from None
-    tmp = os.path.join(plan.log_dir, f".{LISTEN_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(address + "\n")
-    os.replace(tmp, os.path.join(plan.log_dir, LISTEN_FILE))
+def _in_words(plan: Plan, exc: DockerError) -> SandboxError:
+    """The user's mistakes behind a failed create or start of the proxy, as InvalidInput."""
+    low = (exc.stderr or exc.message).lower()
+    if "network" in low and "not found" in low:
+        return InvalidInput(f"egress network {plan.egress_network!r} not found "
+                            "(see `docker network ls`)")
+    if "executable file not found" in low or "no such file" in low:
+        return InvalidInput(f"image {plan.image!r} has no python3 to run the egress proxy: "
+                            "choose one with --proxy-image")
+    return exc
 
 
 def _wait_ready(plan: Plan) -> None:
@@ -388,50 +396,102 @@ def _proxy_failure(plan: Plan) -> str:
     return "".join(c if c.isprintable() else "?" for c in lines[-1])[:300] if lines else ""
 
 
-@contextmanager
-def provisioned(plan: Plan, owner: tuple[int, int] | None,
-                pull: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """Start PLAN's proxy (on the egress network) in the background while the internal network
-    is created and the body starts the sandbox on it; the proxy joins the internal network as
-    soon as it exists. When the block ends, the proxy listens (or its failure is raised). The
-    caller removes what was made when anything fails (`remove`, after the sandbox's
-    container: a network cannot be removed while the sandbox is on it)."""
-    result: dict[str, Any] = {}
-    failure: list[BaseException] = []
-    network_made = threading.Event()
-    network_failed = threading.Event()
+class _Job:
+    """What begin starts in the background: the internal network's creation beside the
+    proxy's, then the proxy's connection to that network and its start. Two threads: each
+    step waits only for what it needs."""
 
-    def work() -> None:
-        try:
-            result["proxy_id"] = proxy_id = _run_proxy(plan, pull)
-            network_made.wait()
-            if network_failed.is_set():
-                return
-            _connect_proxy(plan, proxy_id)
-            _tell_listen_address(plan, proxy_id)
-            _wait_ready(plan)
-        except BaseException as exc:  # handed to the main thread
-            failure.append(exc)
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.network_made = threading.Event()
+        self.network_error: BaseException | None = None
+        self.proxy_id = ""
+        self.proxy_error: BaseException | None = None
+        self.threads = [threading.Thread(target=self._network, name="egress-network",
+                                         daemon=True),
+                        threading.Thread(target=self._proxy, name="egress-proxy", daemon=True)]
 
-    _make_log_dir(plan, owner)
-    worker = threading.Thread(target=work, name="egress-proxy", daemon=True)
-    worker.start()
-    try:
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        """Until both threads are done (each docker call has its deadline); one that never
+        started (begin failed) has nothing to wait for."""
+        for thread in self.threads:
+            if thread.ident is not None:
+                thread.join()
+
+    def _network(self) -> None:
         try:
-            docker.run_docker(network_create_argv(plan))
-        except BaseException as exc:
-            network_failed.set()
-            if isinstance(exc, DockerError):
-                raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
-                                  exc.argv, exc.returncode, exc.stderr) from None
-            raise
+            docker.run_docker(network_create_argv(self.plan))
+        except BaseException as exc:  # handed to provisioned
+            self.network_error = exc
         finally:
-            network_made.set()
-        yield result
+            self.network_made.set()
+
+    def _proxy(self) -> None:
+        from .errors import ImageError
+
+        try:
+            self.proxy_id = proxy_id = docker.run_docker(proxy_create_argv(self.plan)
+                                                         ).stdout.strip()
+            self.network_made.wait()
+            if self.network_error is None:
+                _connect_proxy(self.plan, proxy_id)
+                _start_proxy(self.plan, proxy_id)
+        except ImageError as exc:  # provisioned pulls it (with the caller's progress)
+            self.proxy_error = exc
+        except DockerError as exc:
+            self.proxy_error = _in_words(self.plan, exc)
+        except BaseException as exc:
+            self.proxy_error = exc
+
+
+def begin(plan: Plan, owner: tuple[int, int] | None) -> None:
+    """Start making PLAN's network and proxy in the background, as soon as the sandbox's user
+    is known (`start` goes on preparing the sandbox meanwhile: its image check, its folder's
+    seeding); provisioned finishes, undo (after a failure) waits for it first."""
+    _make_log_dir(plan, owner)
+    plan.job = _Job(plan)
+    plan.job.start()
+
+
+@contextmanager
+def provisioned(plan: Plan, pull: Callable[[str], None]) -> Iterator[None]:
+    """Around the sandbox's `docker run`: before it, the internal network exists (begin made
+    it); after it, the proxy listens (or its failure is raised): `start` must not return a
+    sandbox whose first connection would be refused. The caller removes what was made when
+    anything fails (`undo`, after the sandbox's container: a network cannot be removed while
+    the sandbox is on it).
+
+    The critical path is the network's creation + the slower of the sandbox's `docker run`
+    and the proxy's connect + start + listen, all begun while `start` still prepared the
+    sandbox. The proxy needs no inspect: it finds its address by its alias (listen_alias)."""
+    from .errors import ImageError
+
+    job = plan.job
+    if job is None:
+        raise RuntimeError("egress.begin was not called")
+    try:
+        job.network_made.wait()
+        exc = job.network_error
+        if isinstance(exc, DockerError):
+            raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
+                              exc.argv, exc.returncode, exc.stderr) from None
+        if exc is not None:
+            raise exc
+        yield
     finally:
-        worker.join()  # also after a failure: the caller's cleanup must not race the proxy
-    if failure:
-        raise failure[0]
+        job.join()  # also after a failure: the caller's cleanup must not race the proxy
+    if isinstance(job.proxy_error, ImageError):  # not here yet: pull, then the slow way
+        pull(plan.image)
+        proxy_id = _create_proxy(plan, lambda _image: None)
+        _connect_proxy(plan, proxy_id)
+        _start_proxy(plan, proxy_id)
+    elif job.proxy_error is not None:
+        raise job.proxy_error
+    _wait_ready(plan)
 
 
 def _labelled(argv: list[str]) -> list[tuple[str, str, str]]:
@@ -506,7 +566,10 @@ def end_all(store: StateStore, names: Sequence[str]) -> None:
 def undo(store: StateStore, plan: Plan) -> None:
     """A failed start: remove what PLAN's start made (found by its attempt label, so never a
     same-named leftover's pieces), and its log folder (the name is this start's: its sandbox
-    folder was made exclusively)."""
+    folder was made exclusively). What begin started is waited for first: a network still
+    being made would otherwise be missed by the listing."""
+    if plan.job is not None:
+        plan.job.join()
     _remove_by_label(store.label, lambda _n, _c: True, name=plan.sandbox, attempt=plan.attempt)
     _remove_log_dirs(store.home, [plan.sandbox])
 

@@ -5,28 +5,35 @@ allow-list rules: `parse_rule`, `host_allowed`, `address_refusal`. Run as a prog
 read-only into the proxy container and started with that image's python3), it is the proxy:
 
     python3 egress_proxy.py --port 3128 --allow 'pypi.org' --deny-addr 192.0.2.2 \
-        --log /log/egress.log --listen-file /log/listen --ready /log/ready [--lifetime S]
+        --log /log/egress.log --listen-name ALIAS --ready /log/ready [--lifetime S]
 
 It accepts `CONNECT host:port` (HTTPS and any TLS tunnel) and plain-HTTP requests in absolute
 form (`GET http://host/path`) for listed names and ports only, resolves names itself, and
 refuses addresses that are loopback, link-local (cloud metadata at 169.254.169.254), unspecified,
 multicast, or the engine host's own unless listed literally. Every attempt is logged as one JSON
 line to a file rotated at 1 MiB. Memory is bounded: a fixed number of connections, a 16 KiB
-request head, 64 KiB relay buffers, idle timeouts. Standard library only: it must run on any image
-with a python3 (python:alpine, Debian's), and it starts nothing but itself.
+request head, one pipe per direction, idle timeouts. Standard library only: it must run on any
+image with a python3 (python:alpine, Debian's), and it starts nothing but itself.
+
+Start-up is on the critical path of `sandbox start --allow-host`, which waits until the proxy
+listens and shares two cores with the sandbox's own start: the program listens before it imports
+anything it does not need for that (asyncio, json: about 100 ms of a loaded machine's CPU), and
+imports those once the first connection has come (the kernel queues it meanwhile).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterable, Sequence
 
 DEFAULT_PORTS = (80, 443)
 PROXY_PORT = 3128
@@ -218,6 +225,8 @@ class AttemptLog:
         """Append one attempt (the time is added); never raises."""
         if self.path is None:
             return
+        import json  # here: not on the way to listening (see the module's docstring)
+
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry},
                           ensure_ascii=True) + "\n"
         try:
@@ -241,12 +250,13 @@ class Settings(NamedTuple):
 
     rules: list[Rule]
     denied: set[IPAddress]
-    listen: str
+    listen: str  # the alias whose address (on the internal network) we listen on
     port: int
     log: AttemptLog
     max_connections: int
     lifetime: float | None
     ready: str | None
+    started: float  # time.monotonic() at start: the lifetime counts from there
 
 
 def _own_gateways() -> set[IPAddress]:
@@ -450,6 +460,18 @@ async def _pump_copy(loop: Any, src: Any, dst: Any, activity: _Activity) -> None
     _shutdown_write(dst)
 
 
+def _no_delay(*socks: Any) -> None:
+    """TCP_NODELAY on both sides: what is relayed goes on as it comes. With Nagle's algorithm a
+    small write (a record of a TLS handshake, a request) waits for the ACK of the previous
+    segment, which the peer's delayed ACK may hold back for up to 40 ms: every round trip of
+    a tunnelled protocol could pay that once more."""
+    import socket
+
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _shutdown_write(sock: Any) -> None:
     import socket
 
@@ -580,6 +602,7 @@ async def _serve(settings: Settings, loop: Any, client: Any) -> None:
                                     _forward_head(method, path, version, headers, host, port))
         if rest:
             await loop.sock_sendall(upstream, rest)
+        _no_delay(client, upstream)
         await _relay(loop, client, upstream)
     except (OSError, ConnectionError, asyncio.TimeoutError):
         pass
@@ -589,22 +612,33 @@ async def _serve(settings: Settings, loop: Any, client: Any) -> None:
             upstream.close()
 
 
-async def _main(settings: Settings, ready: str | None = None) -> None:
+async def _main(settings: Settings, listener: socket.socket,
+                first: socket.socket | None) -> None:
+    """Serve FIRST (the connection that woke us), then every connection LISTENER accepts,
+    until the lifetime ends."""
     import asyncio
-    import socket
 
     loop = asyncio.get_running_loop()
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((settings.listen, settings.port))
-    listener.listen(settings.max_connections)
     listener.setblocking(False)
-    if ready:  # tells `sandbox start` (which waits for it) that requests can come
-        os.close(os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
     tasks: set[Any] = set()
-    stop = None if settings.lifetime is None else loop.time() + settings.lifetime
+
+    def launch(client: socket.socket) -> None:
+        client.setblocking(False)
+        if len(tasks) >= settings.max_connections:
+            # Bounded: refuse at once rather than queue (a flood costs a few bytes each).
+            with contextlib.suppress(OSError):
+                client.send(_head_error(503, "Service Unavailable",
+                                        "sandbox egress: too many connections\n"))
+            client.close()
+            return
+        task = asyncio.ensure_future(_serve(settings, loop, client))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    if first is not None:
+        launch(first)
     while True:
-        timeout = None if stop is None else stop - loop.time()
+        timeout = _remaining(settings)
         if timeout is not None and timeout <= 0:
             return
         try:
@@ -614,66 +648,119 @@ async def _main(settings: Settings, ready: str | None = None) -> None:
         except OSError:  # out of descriptors, say: shed load, never die
             await asyncio.sleep(0.05)
             continue
-        client.setblocking(False)
-        if len(tasks) >= settings.max_connections:
-            # Bounded: refuse at once rather than queue (a flood costs a few bytes each).
-            with contextlib.suppress(OSError):
-                client.send(_head_error(503, "Service Unavailable",
-                                        "sandbox egress: too many connections\n"))
-            client.close()
-            continue
-        task = asyncio.ensure_future(_serve(settings, loop, client))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        launch(client)
 
 
-def _listen_address(path: str, timeout: float = 60.0) -> str:
-    """Our address on the sandbox's internal network, which is connected just after we start
-    (on the egress network): `sandbox start` writes it to PATH once Docker has given it.
-    Never 0.0.0.0: the egress network must not reach us. (Watching for a new interface would
-    race with the connection; resolving our alias would wait out the host's resolver first.)"""
+def _remaining(settings: Settings) -> float | None:
+    """Seconds of the proxy's lifetime left (None: no end)."""
+    if settings.lifetime is None:
+        return None
+    return settings.started + settings.lifetime - time.monotonic()
+
+
+def _listen(name: str, port: int, backlog: int, timeout: float = 20.0) -> socket.socket:
+    """A socket listening on our address on the sandbox's internal network: the address
+    Docker's embedded DNS gives for NAME, an alias that `sandbox start` gave us on that
+    network alone (random, per start), so it is known when we start. Never 0.0.0.0: the
+    egress network must not reach us. Retried briefly: the name is there when the container
+    starts, but nothing else here would say why it is not."""
+    import socket
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(path, encoding="ascii") as handle:
-                address = _ip(handle.read(64).strip())
-        except (OSError, ValueError):
-            address = None
-        if address is not None:
-            return str(address)
-        time.sleep(0.005)
-    raise SystemExit("egress proxy: the internal network was never connected")
+    why = f"{name} does not resolve"
+    while True:
+        try:  # bytes: no IDNA codec to import for a name that is plain ASCII
+            found = socket.getaddrinfo(name.encode("ascii"), port, socket.AF_INET,
+                                       socket.SOCK_STREAM)
+        except OSError as exc:
+            found, why = [], f"{name} does not resolve ({exc})"
+        for *_, addr in found:
+            address = _ip(str(addr[0]))
+            if address is None or address.is_loopback or address.is_unspecified:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((str(address), port))
+                sock.listen(backlog)
+            except OSError as exc:
+                sock.close()
+                why = f"cannot listen on {address}:{port}: {exc.strerror or exc}"
+                continue
+            return sock
+        if time.monotonic() > deadline:
+            raise SystemExit(f"egress proxy: {why}")
+        time.sleep(0.01)
+
+
+_REPEATED = ("--allow", "--deny-addr")
+_SINGLE = ("--port", "--log", "--max-connections", "--lifetime", "--ready", "--listen-name",
+           "--errors")
+
+
+def _flags(argv: Sequence[str]) -> dict[str, list[str]]:
+    """`--flag value` pairs (argparse costs more to import than this whole program's start)."""
+    values: dict[str, list[str]] = {}
+    items = iter(argv)
+    for flag in items:
+        if flag not in _REPEATED + _SINGLE:
+            raise SystemExit(f"egress proxy: unknown argument {flag!r}")
+        value = next(items, None)
+        if value is None:
+            raise SystemExit(f"egress proxy: {flag} needs a value")
+        values.setdefault(flag, []).append(value)
+    if "--listen-name" not in values:
+        raise SystemExit("egress proxy: --listen-name is required")
+    return values
 
 
 def _arguments(argv: Sequence[str]) -> Settings:
-    import argparse
+    """The settings, and the listening socket made (see _listen)."""
+    values = _flags(argv)
 
-    parser = argparse.ArgumentParser(prog="egress_proxy")
-    parser.add_argument("--port", type=int, default=PROXY_PORT)
-    parser.add_argument("--allow", action="append", default=[])
-    parser.add_argument("--deny-addr", action="append", default=[])
-    parser.add_argument("--log")
-    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS)
-    parser.add_argument("--lifetime", type=float)
-    parser.add_argument("--ready")
-    parser.add_argument("--listen-file", required=True)
-    parser.add_argument("--errors")
-    args = parser.parse_args(argv)
-    denied = {a for a in (_ip(text) for text in args.deny_addr) if a is not None}
-    return Settings(parse_rules(args.allow), denied, _listen_address(args.listen_file), args.port,
-                    AttemptLog(args.log), args.max_connections, args.lifetime, args.ready)
+    def one(flag: str) -> str | None:
+        return values[flag][-1] if flag in values else None
+
+    lifetime = one("--lifetime")
+    denied = {a for a in (_ip(text) for text in values.get("--deny-addr", [])) if a is not None}
+    return Settings(parse_rules(values.get("--allow", [])), denied,
+                    one("--listen-name") or "", int(one("--port") or PROXY_PORT),
+                    AttemptLog(one("--log")), int(one("--max-connections") or MAX_CONNECTIONS),
+                    None if lifetime is None else float(lifetime), one("--ready"),
+                    time.monotonic())
+
+
+def _first_connection(settings: Settings, listener: socket.socket) -> socket.socket | None:
+    """Block until a connection comes (None once the lifetime is over first)."""
+    while True:
+        timeout = _remaining(settings)
+        if timeout is not None and timeout <= 0:
+            return None
+        listener.settimeout(timeout)
+        try:
+            return listener.accept()[0]
+        except TimeoutError:
+            return None
+        except OSError:  # out of descriptors, say
+            time.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the proxy until its lifetime ends (or forever); exit 0 then."""
-    import asyncio
-
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         settings = _arguments(args)
-        settings.denied.update(_own_gateways())  # both networks are attached by now
+        listener = _listen(settings.listen, settings.port, settings.max_connections)
+        settings.denied.update(_own_gateways())  # both networks are attached at our start
+        if settings.ready:  # tells `sandbox start` (which waits for it) that requests can come
+            os.close(os.open(settings.ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        first = _first_connection(settings, listener)
+        if first is None:
+            return 0
+        import asyncio  # only now: see the module's docstring
+
         with contextlib.suppress(asyncio.TimeoutError, KeyboardInterrupt):  # lifetime over
-            asyncio.run(_main(settings, settings.ready))
+            asyncio.run(_main(settings, listener, first))
     except BaseException as exc:
         _record_failure(args, exc)
         raise

@@ -472,9 +472,20 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
     spec = replace(spec, network_options=egress.sandbox_network_options(plan))
-    # In the container's own environment (the --env-file of docker run/create), so every
-    # exec inherits it, as run's command does; the user's -e still wins.
-    return _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan, cap)
+    # The proxy variables are in the container's own environment (the --env-file of docker
+    # run/create), so every exec inherits them, as run's command does; the user's -e wins.
+    # Last: network and proxy are made while start goes on; every failure from here on goes
+    # through _undo_egress.
+    prepared = _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan, cap)
+    try:
+        egress.begin(plan, file_owner_of(spec.user))
+    except BaseException:
+        if cap is not None:  # the folder's cap may still be in the making
+            cap.settle()
+        _undo_egress(store, prepared)
+        _remove_folders(store, [name])
+        raise
+    return prepared
 
 
 def _egress_plan(store: StateStore, name: str, options: StartOptions,
@@ -577,14 +588,18 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
         pass
     if prepared.spec.storage == VOLUME:
         _remove_volume_quietly(prepared.spec.volume)
-    if prepared.egress is not None:  # after the container: a network in use cannot go
-        from contextlib import suppress
+    _undo_egress(store, prepared)  # after the container: a network in use cannot go
+    _remove_folders(store, [prepared.name])
 
+
+def _undo_egress(store: StateStore, prepared: _Prepared) -> None:
+    """Remove the egress network and proxy this start made (egress.begin), if any. Best
+    effort, like the rest of the undo: the original error stays in charge."""
+    if prepared.egress is not None:
         from . import egress
 
-        with suppress(SandboxError):
+        with suppress(SandboxError, OSError):
             egress.undo(store, prepared.egress)
-    _remove_folders(store, [prepared.name])
 
 
 def _make_volume(store: StateStore, spec: docker.RunSpec) -> None:
@@ -688,8 +703,7 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
         return nullcontext()
     from . import egress
 
-    return egress.provisioned(prepared.egress, file_owner_of(prepared.spec.user),
-                              lambda image: pull_image(image, progress))
+    return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
 
 
 def _egress_record(prepared: _Prepared) -> dict[str, Any]:

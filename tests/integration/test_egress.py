@@ -419,6 +419,9 @@ def test_proxy_is_locked_down_and_listens_on_internal_network_only(
     assert len(networks) == 1 and next(iter(networks)).startswith("sandbox-egress-")
     internal = next(iter(networks))
     assert _docker("network", "inspect", "-f", "{{.Internal}}", internal) == "true"
+    # A 64 KiB MTU between sandbox and proxy: fewer segments for the relay to move.
+    mtu = _py(egress_home, ebox, "import socket; print(open('/sys/class/net/eth0/mtu').read())")
+    assert mtu.stdout.strip() == b"65520", mtu
     env = _py(egress_home, ebox, "import os; print(os.environ['HTTPS_PROXY'], "
               "os.environ['no_proxy'])").stdout.decode()
     assert env.startswith("http://egress-proxy:3128 ") and "127.0.0.1" in env
@@ -598,3 +601,65 @@ def test_the_python_api_takes_an_allow_list(upstream: Upstream, egress_home: Hom
                            + FETCH], timeout=60)
         assert "STATUS 403" in denied.stdout, denied.stderr
     assert [row.name for row in api.list_sandboxes(home=home) if row.name == box.name] == []
+
+
+def test_proxy_listens_before_it_imports_its_server(upstream: Upstream, tmp_path: Path) -> None:
+    # `start` waits until the proxy listens, on two shared cores beside the sandbox's own
+    # start: the proxy listens first and imports asyncio (a C extension, so it shows in its
+    # memory map) only once a connection has come; the kernel holds that connection meanwhile.
+    home = Home(tmp_path)
+    name = "egl-" + uuid.uuid4().hex[:8]
+    try:
+        home("start", "--name", name, "--image", PYTHON_IMAGE, "--allow-host",
+             "allowed.example.test:8000", "--egress-network", upstream.network, check=True)
+        proxy = _proxy_of(home)
+
+        def mapped() -> str:
+            return _docker("exec", proxy, "sh", "-c",  # processes that have it mapped
+                           "grep -l _asyncio /proc/[0-9]*/maps 2>/dev/null | wc -l")
+
+        assert mapped() == "0"
+        assert "STATUS 200" in _fetch(home, name, "http://allowed.example.test:8000/")
+        assert int(mapped()) > 0
+    finally:
+        home("purge", "--all")
+    assert _egress_pieces(home.label()) == ([], [])
+
+
+def test_failed_sandbox_run_removes_the_egress_begun_beside_it(upstream: Upstream,
+                                                               tmp_path: Path) -> None:
+    # Network and proxy are made while the sandbox is still being prepared and started: a
+    # start whose own `docker run` fails waits for them, then removes them (by its labels).
+    home = Home(tmp_path)
+    name = "egf-" + uuid.uuid4().hex[:8]
+    proc = home("start", "--name", name, "--image", PYTHON_IMAGE, "--allow-host",
+                "allowed.example.test:8000", "--egress-network", upstream.network,
+                "--runtime", "no-such-runtime")
+    try:
+        assert proc.returncode != 0 and b"Traceback" not in proc.stderr, proc.stderr
+        assert b"runtime" in proc.stderr
+        assert _egress_pieces(home.label()) == ([], [])
+        assert json.loads(home("ls", "--json", check=True).stdout) == []
+        assert not (tmp_path / "home" / "egress" / name).exists()
+    finally:
+        home("purge", "--all")
+
+
+def test_start_that_cannot_make_the_proxy_log_folder_leaves_nothing(tmp_path: Path,
+                                                                    docker_engine: None) -> None:
+    # The host refuses the proxy's log folder ($SANDBOX_HOME/egress is a file): one line,
+    # and neither the sandbox's folder nor any egress piece stays behind.
+    home = Home(tmp_path)
+    (tmp_path / "home").mkdir(mode=0o700)
+    (tmp_path / "home" / "egress").write_text("not a folder")
+    try:
+        proc = home("start", "--name", "eglog", "--image", PYTHON_IMAGE, "--allow-host",
+                    "x.test")
+        assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert b"egress" in proc.stderr and b"Traceback" not in proc.stderr
+        assert not (tmp_path / "home" / "volumes" / "eglog").exists()
+        assert _egress_pieces(home.label()) == ([], [])
+        assert json.loads(home("ls", "--json", check=True).stdout) == []
+    finally:
+        (tmp_path / "home" / "egress").unlink(missing_ok=True)
+        home("purge", "--all")

@@ -193,24 +193,29 @@ def test_network_is_internal_without_a_host_address() -> None:
     argv = egress.network_create_argv(_plan())
     assert argv[1:4] == ["network", "create", "--internal"]
     assert "com.docker.network.bridge.inhibit_ipv4=true" in argv
+    assert f"com.docker.network.driver.mtu={egress.INTERNAL_MTU}" in argv
     assert "sandbox-cli.home=abc" in argv and "sandbox-cli.name=box" in argv
     assert argv[-1] == "sandbox-egress-box-1"
 
 
 def test_proxy_argv_is_locked_down() -> None:
-    argv = egress.proxy_run_argv(_plan())
+    argv = egress.proxy_create_argv(_plan(attempt="0123abcd"))
+    assert argv[1] == "create"
     joined = " ".join(argv)
     for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
                  "--user 65534:65534", "--read-only", "--pids-limit", "--memory 128m",
                  "--memory-swap 128m", "--no-healthcheck", "--network bridge",
-                 "--ready /log/ready", "--listen-file /log/listen", "--allow pypi.org",
+                 "--ready /log/ready", "--listen-name egress-listen-0123abcd", "--allow pypi.org",
                  "--deny-addr 192.0.2.2",
                  "--lifetime 3600", f"source={egress.proxy_program_path()},target="
                  f"{egress.PROXY_PROGRAM},readonly"):
         assert flag in joined, flag
     assert "sandbox-cli.managed=1" not in argv  # not a sandbox to ls or purge
-    assert "--lifetime" not in egress.proxy_run_argv(_plan(lifetime=None))
-    assert egress.network_connect_argv("net", "p")[-4:] == ["--alias", "egress-proxy", "net", "p"]
+    assert "--init" not in argv  # python3 is PID 1: an image without it fails `docker start`
+    assert "--lifetime" not in egress.proxy_create_argv(_plan(lifetime=None))
+    assert egress.network_connect_argv("net", "p", "egress-listen-1")[-6:] == [
+        "--alias", "egress-proxy", "--alias", "egress-listen-1", "net", "p"]
+    assert egress.proxy_start_argv("p")[1:] == ["start", "p"]
     assert os.path.isfile(egress.proxy_program_path())
 
 
@@ -254,3 +259,31 @@ def test_bad_allow_host_is_exit_2(fake_docker: tuple[Path, dict[str, str]],
     assert proc.returncode == 2
     assert "--allow-host" in proc.stderr and proc.stderr.count("\n") == 1
     assert not calls.exists()
+
+
+def test_proxy_arguments_without_argparse() -> None:
+    settings = proxy._arguments(["--listen-name", "egress-listen-1", "--allow", "pypi.org",
+                                 "--allow", "*.example.com:8443", "--deny-addr", "192.0.2.2",
+                                 "--lifetime", "60", "--ready", "/log/ready"])
+    assert settings.listen == "egress-listen-1" and settings.port == proxy.PROXY_PORT
+    assert [r.text() for r in settings.rules] == ["pypi.org", "*.example.com:8443"]
+    assert settings.denied == {ipaddress.ip_address("192.0.2.2")}
+    assert settings.lifetime == 60.0 and settings.ready == "/log/ready"
+    for bad in (["--allow", "x.org"], ["--listen-name"], ["--listen-name", "a", "--bogus", "1"]):
+        with pytest.raises(SystemExit):
+            proxy._arguments(bad)
+
+
+def test_relayed_sockets_get_tcp_nodelay() -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        proxy._no_delay(client, server)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
