@@ -275,6 +275,11 @@ def workspace(store: StateStore, record: SandboxRecord, budget: int = TOTAL_MAX_
 
     place = workspace_of(store, record)
     if isinstance(place, EngineVolume):
+        if not record.expired() and not _container_running(record):
+            # run's container goes (--rm) once its command ends, its volume stays: a helper
+            # reads it (one that is going already would fail the cp halfway)
+            place = workspace_of(store, record, helper=True)
+        assert isinstance(place, EngineVolume)
         with place.tree(budget, limit_hint) as source:
             yield source
         return
@@ -284,6 +289,22 @@ def workspace(store: StateStore, record: SandboxRecord, budget: int = TOTAL_MAX_
             yield folder
         finally:
             folder.close()
+
+
+def _container_running(record: SandboxRecord) -> bool:
+    """Whether RECORD's container is there and running (Docker and Podman alike)."""
+    import json
+
+    from . import docker
+    from .sandbox import container_ref
+
+    proc = docker.run_docker(docker.inspect_argv([container_ref(record)]), check=False)
+    try:
+        rows = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    except ValueError:
+        return False
+    state = rows[0].get("State") if rows and isinstance(rows[0], dict) else None
+    return isinstance(state, dict) and state.get("Running") is True
 
 
 def copy_from(store: StateStore, name: str, patterns: Sequence[str], dest: str = ".",

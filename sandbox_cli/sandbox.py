@@ -794,23 +794,24 @@ def read_file(store: StateStore, name: str, path: str, out_fd: int,
     return workspace_of(store, record).read(parts, out_fd, max_size)
 
 
-def workspace_of(store: StateStore, record: SandboxRecord) -> Workspace:
+def workspace_of(store: StateStore, record: SandboxRecord, helper: bool = False) -> Workspace:
     """RECORD's workspace: its host folder, or its engine volume reached through its
-    container (or, once that has expired, a helper container made for the copy)."""
+    container (or, once that has expired or when HELPER, a helper container made for the
+    copy)."""
     kind = (record.workspace or {}).get("kind", BIND)
     if kind != VOLUME:
         return HostFolder(store.volumes_dir, record.name, file_owner(record))
     path = store.workspace_path(record).removeprefix("volume:")
 
     def container() -> Iterator[str]:
-        if not record.expired():
+        if not record.expired() and not helper:
             yield container_ref(record)
             return
-        helper = _volume_helper(store, record, path)
+        made = _volume_helper(store, record, path)
         try:
-            yield helper
+            yield made
         finally:
-            _remove_containers([helper])
+            _remove_containers([made])
 
     return EngineVolume(path, container, (_user_of(record.user) or OLD_DEFAULT_USER)[0])
 
