@@ -348,7 +348,7 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
     resets = [arg for line in _env_lines(base, record.env_keys) for arg in ("--change", line)]
     argv = [docker.docker_binary(), "commit", *resets, container_ref(record)]
     committed = docker.run_docker(argv, timeout=docker.DEADLINE_CREATE).stdout.strip()
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", committed):
+    if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", committed):
         raise DockerError(f"docker commit gave no image id: {committed[:80]!r}", argv)
     try:
         labels = {LABEL_SNAPSHOT: "1", docker.LABEL_HOME: store.label,
