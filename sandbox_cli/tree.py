@@ -328,10 +328,14 @@ class TarTree:
     passing it stops the walk with UnsafePath (LIMIT_HINT says how to raise it).
     """
 
-    def __init__(self, stream: IO[bytes], budget: int, limit_hint: str = "") -> None:
+    def __init__(self, stream: IO[bytes], budget: int, limit_hint: str = "",
+                 fetch: Fetch | None = None) -> None:
         self.stream, self.budget, self.limit_hint = stream, budget, limit_hint
+        self.fetch = fetch
+        self.fetched = 0
         self._current: tuple[tuple[str, ...], tarfile.TarInfo] | None = None
         self._tar: tarfile.TarFile | None = None
+        self._linked: tuple[tuple[str, ...], Opened, Callable[[], None]] | None = None
 
     def items(self, choose: Chooser, skipped: Skipped, dirs: bool = False) -> Iterator[Item]:
         """As walk() gives a host folder's (DIRS: folders too, as they come, for snapshot)."""
@@ -345,6 +349,7 @@ class TarTree:
             self._tar = tar
             for member in tar:
                 self._current = None
+                self._unlink()
                 if member.size > self.budget - passed:
                     raise self._over(member.name)
                 passed += member.size
@@ -373,8 +378,35 @@ class TarTree:
                         continue
                 elif entry.is_file:
                     self._current = (rel, member)
+                elif entry.hint == "hardlink" and chosen:
+                    entry, passed = self._second_name(rel, entry, passed)
                 yield rel, entry, chosen
             self._current = None
+            self._unlink()
+
+    def _second_name(self, rel: tuple[str, ...], entry: Entry,
+                     passed: int) -> tuple[Entry, int]:
+        """A hard link's second name REL, as walk() takes it: a file of its own, fetched by
+        FETCH (a `cp` of that one path, whose stream holds its bytes); at most HARDLINKS_MAX
+        a stream, the rest left as they are (skipped 'hardlink')."""
+        if self.fetch is None or self.fetched >= HARDLINKS_MAX:
+            return entry, passed
+        self.fetched += 1
+        got = self.fetch(rel)
+        if got is None:  # no regular file there (any more): as a link it stays
+            return entry, passed
+        opened, close = got
+        if opened.size > self.budget - passed:
+            close()
+            raise self._over("./" + "/".join(rel))
+        self._linked = (rel, opened, close)
+        return Entry(entry.name, opened.mode, opened.size, entry.mtime_ns, 0, 0, "",
+                     entry.uid, entry.gid), passed + opened.size
+
+    def _unlink(self) -> None:
+        if self._linked is not None:
+            close, self._linked = self._linked[2], None
+            close()
 
     @staticmethod
     def _parent(path: list[tuple[tuple[str, ...], bool, bool]], rel: tuple[str, ...],
@@ -392,6 +424,8 @@ class TarTree:
         return path[-1][1:] if path else (True, False)
 
     def open(self, parts: tuple[str, ...]) -> Opened:
+        if self._linked is not None and self._linked[0] == parts:
+            return self._linked[1]  # (closed with its stream, when the walk moves on)
         current = self._current
         if current is None or current[0] != parts or self._tar is None:
             raise UnsafePath(f"{volume._show(parts)}: changed by the container while read")
@@ -408,6 +442,11 @@ class TarTree:
             f"{shown}: stopped: the engine streams all of the volume's /app, chosen or not, "
             f"and this would pass the limit of {volume._bytes_text(self.budget)}"
             f"{self.limit_hint}; what was done so far is complete")
+
+
+HARDLINKS_MAX = 256  # second names of hard-linked files fetched by a `cp` each, per stream
+# fetch(parts) -> the one regular file at PARTS and how to end its stream, or None
+Fetch = Callable[[tuple[str, ...]], "tuple[Opened, Callable[[], None]] | None"]
 
 
 def _too_long(rel: tuple[str, ...]) -> bool:

@@ -41,7 +41,7 @@ DEADLINE_COPY = 3600.0  # a tar stream of a large tree over a slow link
 
 if TYPE_CHECKING:
     from .manifest import Recorder
-    from .tree import TarTree
+    from .tree import Fetch, TarTree
 
 
 class Workspace(Protocol):
@@ -263,7 +263,7 @@ class EngineVolume:
             assert proc.stdout is not None and proc.stderr is not None
             err = _collect(proc.stderr)
             try:
-                yield TarTree(proc.stdout, budget, limit_hint)
+                yield TarTree(proc.stdout, budget, limit_hint, _fetcher(ref))
             except tarfile.TarError:
                 broken = True
             except BaseException:
@@ -276,6 +276,47 @@ class EngineVolume:
             code = docker.wait_docker(proc, argv, DEADLINE_COPY) if not broken else _stop(proc)
             if broken or code != 0:
                 raise _cp_failure(argv, code or 1, err(), docker.WORKDIR)
+
+
+def _fetcher(ref: str) -> Fetch:
+    """tree.Fetch for the container REF: the one regular file at a path, streamed from its
+    own `cp REF:/app/PATH -` (a hard link's second name: the big stream holds no bytes for
+    it). Anything else there, or a member named otherwise (Podman follows a final link), is
+    None."""
+    from . import engine
+    from .tree import Opened
+
+    def fetch(parts: tuple[str, ...]) -> tuple[Opened, Callable[[], None]] | None:
+        argv = engine.current().cp_out_argv(ref, docker.WORKDIR + "/" + "/".join(parts))
+        proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        out = proc.stdout
+
+        def close() -> None:
+            out.close()
+            _stop(proc)
+
+        try:
+            tar = tarfile.open(fileobj=out, mode="r|", bufsize=_CHUNK)  # noqa: SIM115 (close)
+            member = tar.next()
+            if (member is None or not member.isreg() or member.issparse()
+                    or member.name.removeprefix("./").rstrip("/") != parts[-1]):
+                close()
+                return None
+            handle = tar.extractfile(member)
+        except tarfile.TarError:
+            close()
+            return None
+        except BaseException:
+            close()
+            raise
+        if handle is None:
+            close()
+            return None
+        return Opened(member.size, stat.S_IFREG | stat.S_IMODE(member.mode), stream=handle), close
+
+    return fetch
 
 
 class _Tapped:

@@ -73,3 +73,20 @@ def test_the_stream_is_held_to_its_budget_and_a_stale_item_cannot_be_opened() ->
         next(items)
     with pytest.raises(UnsafePath, match="changed"):
         source.open(("a",))
+
+
+def test_a_hard_links_second_name_is_fetched_on_its_own() -> None:
+    stream = _tar(("./a", tarfile.DIRTYPE, None), ("./a/f", tarfile.REGTYPE, b"hi"),
+                  ("./h", tarfile.LNKTYPE, None), ("./z", tarfile.REGTYPE, b"z"))
+    closed: list[tuple[str, ...]] = []
+
+    def fetch(parts: tuple[str, ...]) -> tuple[tree.Opened, object] | None:
+        return (tree.Opened(2, 0o100644, stream=io.BytesIO(b"hi")),
+                lambda: closed.append(parts))
+
+    source = tree.TarTree(stream, 1 << 20, fetch=fetch)  # type: ignore[arg-type]
+    files = {}
+    for rel, entry, _ in source.items(_all, tree.Skipped()):
+        assert entry.is_file
+        files["/".join(rel)] = source.open(rel).read(10)
+    assert files == {"a/f": b"hi", "h": b"hi", "z": b"z"} and closed == [("h",)]
