@@ -339,6 +339,13 @@ class TarTree:
 
     def items(self, choose: Chooser, skipped: Skipped, dirs: bool = False) -> Iterator[Item]:
         """As walk() gives a host folder's (DIRS: folders too, as they come, for snapshot)."""
+        try:
+            yield from self._members(choose, skipped, dirs)
+        finally:  # a consumer that stops early ends a hard link's fetch too
+            self._current = None
+            self._unlink()
+
+    def _members(self, choose: Chooser, skipped: Skipped, dirs: bool) -> Iterator[Item]:
         # The folders on the path to the current member: (parts, looked into, chosen). The
         # engine writes a folder before what it holds, depth first; a member whose folders did
         # not come first has them judged here as walk() would have.
@@ -381,8 +388,6 @@ class TarTree:
                 elif entry.hint == "hardlink" and chosen:
                     entry, passed = self._second_name(rel, entry, passed)
                 yield rel, entry, chosen
-            self._current = None
-            self._unlink()
 
     def _second_name(self, rel: tuple[str, ...], entry: Entry,
                      passed: int) -> tuple[Entry, int]:
