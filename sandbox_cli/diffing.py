@@ -173,6 +173,8 @@ def _look(ws: tree.Source, rel: tuple[str, ...], item: Item | None) -> tuple[boo
         same_size = item is not None and src.size == item.size
         limit = max(item.size + 1 if item is not None and same_size else 0, TEXT_MAX + 1)
         digest = hashlib.sha256() if same_size else None
+        if digest is None and src.size > TEXT_MAX:
+            return False, None  # changed, and too large to show: not read at all
         kept: list[bytes] | None = []
         done = 0
         while done < limit:
