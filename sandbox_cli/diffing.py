@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import tree, volume
+from . import tree
 from .errors import UnsafePath
 from .manifest import ORIGINAL_MAX, Item, is_binary, load, original
 
@@ -30,6 +30,7 @@ TEXT_MAX = ORIGINAL_MAX  # bytes of a file shown as text; larger ones are named 
 CONTEXT = 3
 NOTES_MAX = 20  # lines of notes on stderr
 _CHUNK = 1 << 20
+STREAM_MAX = 16 << 30  # bytes of an engine volume's tar stream one diff reads (tree.TarTree)
 
 
 @dataclass
@@ -161,50 +162,53 @@ class DiffResult:
     recorded: int = 0  # files in the manifest
 
 
-def _read_small(ws: tree.Workspace, rel: tuple[str, ...]) -> bytes | None:
-    """The whole of file REL if it has at most TEXT_MAX bytes, else None."""
-    fd, st = ws.open_file(rel)
-    try:
-        if st.st_size > TEXT_MAX:
-            return None
-        data = volume.read_at_most(fd, TEXT_MAX + 1)
-        return None if len(data) > TEXT_MAX else data
-    finally:
-        os.close(fd)
-
-
-def _sha(ws: tree.Workspace, rel: tuple[str, ...], size: int) -> str:
-    """sha256 of the first SIZE bytes of REL (the size recorded: no more is read) and
-    whether more followed."""
+def _look(ws: tree.Source, rel: tuple[str, ...], item: Item | None) -> tuple[bool, bytes | None]:
+    """One pass over file REL: (whether it still holds ITEM's bytes, its contents when it has
+    at most TEXT_MAX bytes, else None). At most ITEM's size + 1 or TEXT_MAX + 1 bytes are read,
+    whichever is more; the whole of a large file only when its size is the one recorded."""
     import hashlib
 
-    fd, _ = ws.open_file(rel)
+    src = ws.open(rel)
     try:
-        digest = hashlib.sha256()
-        left = size
-        while left > 0:
-            chunk = os.read(fd, min(_CHUNK, left))
+        same_size = item is not None and src.size == item.size
+        limit = max(item.size + 1 if item is not None and same_size else 0, TEXT_MAX + 1)
+        digest = hashlib.sha256() if same_size else None
+        if digest is None and src.size > TEXT_MAX:
+            return False, None  # changed, and too large to show: not read at all
+        kept: list[bytes] | None = []
+        done = 0
+        while done < limit:
+            chunk = src.read(min(_CHUNK, limit - done))
             if not chunk:
                 break
-            digest.update(chunk)
-            left -= len(chunk)
-        if left or os.read(fd, 1):
-            return ""  # shorter or longer than recorded: changed
-        return digest.hexdigest()
+            done += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
+            if kept is not None and done <= TEXT_MAX:
+                kept.append(chunk)
+            else:
+                kept = None
+        ended = done < limit
+        unchanged = bool(digest is not None and item is not None and ended
+                         and done == item.size and digest.hexdigest() == item.sha)
+        return unchanged, b"".join(kept) if ended and kept is not None else None
     finally:
-        os.close(fd)
+        src.close()
 
 
-def _unchanged(entry: tree.Entry, item: Item, ws: tree.Workspace,
-               rel: tuple[str, ...]) -> bool:
+def _quick(entry: tree.Entry, item: Item) -> bool | None:
+    """False when ENTRY surely differs from ITEM, True when it is surely the same without
+    reading it (inode, mtime and ctime as recorded: the container cannot reset a ctime),
+    None when its bytes must tell."""
     if entry.size != item.size or git_mode(entry.mode) != git_mode(item.mode):
         return False
-    if (entry.ino, entry.mtime_ns, entry.ctime_ns) == (item.ino, item.mtime_ns, item.ctime_ns):
+    if item.ino and entry.ino and (entry.ino, entry.mtime_ns, entry.ctime_ns) == (
+            item.ino, item.mtime_ns, item.ctime_ns):
         return True
-    return _sha(ws, rel, item.size) == item.sha
+    return None
 
 
-def compare(store: StateStore, record: SandboxRecord, ws: tree.Workspace,
+def compare(store: StateStore, record: SandboxRecord, ws: tree.Source,
             emit: Callable[[list[bytes]], None] | None) -> DiffResult:
     """Walk WS against RECORD's manifest; each change's patch goes to EMIT as found."""
     items = load(store, record)
@@ -214,16 +218,22 @@ def compare(store: StateStore, record: SandboxRecord, ws: tree.Workspace,
     def everything(rel: tuple[str, ...], is_dir: bool, inherited: bool) -> tuple[bool, bool]:
         return True, True
 
-    for rel, entry, _ in tree.walk(ws, everything, result.skipped):
+    for rel, entry, _ in ws.items(everything, result.skipped):
         path = "/".join(rel)
         if not entry.is_file:
+            if entry.kind == "hardlink":  # a second name of a file (tar streams): not gone
+                seen.add(path)
             result.skipped.add(entry.kind)
             continue
         item = items.get(path)
         try:
             if item is not None:
                 seen.add(path)
-                if _unchanged(entry, item, ws, rel):
+                quick = _quick(entry, item)
+                if quick:
+                    continue
+                same, new = _look(ws, rel, item if quick is None else None)
+                if same:
                     continue
                 change = Change(path, "modified", item.mode, entry.mode)
                 old = original(store, record.name, item.sha) if item.kept else None
@@ -232,7 +242,7 @@ def compare(store: StateStore, record: SandboxRecord, ws: tree.Workspace,
                                         f"{TEXT_MAX >> 20} MiB or past the budget): named only")
             else:
                 change, old = Change(path, "added", 0, entry.mode), None
-            new = _read_small(ws, rel)
+                new = _look(ws, rel, None)[1]
         except UnsafePath as exc:
             result.skipped.add("locked" if "lease" in exc.message else "changed")
             continue
@@ -283,5 +293,5 @@ def diff(store: StateStore, name: str,
     from .sandbox import require
 
     record = require(store, name, expired_ok=True)
-    with workspace(store, record) as ws:
+    with workspace(store, record, STREAM_MAX, "") as ws:
         return compare(store, record, ws, emit)

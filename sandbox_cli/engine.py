@@ -192,8 +192,13 @@ def error_line(text: str) -> str:
     """The line of TEXT that says what failed: Podman prints warnings first (`time=...
     level=warning`) and its error on an `Error:` line; Docker's first line is it."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
+    for index, line in enumerate(lines):
         if line.startswith(("Error:", "Error response from daemon:", "docker: Error")):
+            if line.endswith("error occurred:"):  # Podman's list of errors: the first one
+                detail = next((ln[2:] for ln in lines[index + 1:] if ln.startswith("* ")), "")
+                if len(detail) > 240:  # a path thousands of bytes long, say
+                    detail = f"{detail[:120]}...{detail[-120:]}"
+                return f"Error: {detail}" if detail else line
             return line
     return next((line for line in lines if "level=warning" not in line),
                 lines[0] if lines else "")

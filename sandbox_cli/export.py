@@ -1,7 +1,8 @@
 """copy-from: files of a sandbox's /app (hostile, changing under us) to a host folder.
 
-The source side is tree.walk over a Workspace (no link followed, nothing but regular files
-opened, never blocking, bounded memory). The host side never writes outside DEST: every
+The source side is a tree.Source: tree.walk over the host folder, or the tar stream of an
+engine volume (tree.TarTree); either way no link is followed, nothing but regular files is
+read, nothing blocks, memory stays bounded. The host side never writes outside DEST: every
 subfolder is made with mkdir and opened O_NOFOLLOW from DEST's descriptor (volume.DirWalker),
 never reached by a joined path string; each file is written to a fresh O_EXCL temporary file in
 its destination folder and then linked into place (link(2) fails on an existing name, so nothing
@@ -90,7 +91,7 @@ def open_dest(dest: str) -> int:
         raise InvalidInput(f"DEST {dest!r} is not a folder") from None
 
 
-def copy_tree(ws: tree.Workspace, dest_fd: int, patterns: Sequence[str],
+def copy_tree(ws: tree.Source, dest_fd: int, patterns: Sequence[str],
               excludes: Sequence[str] = (), *, force: bool = False,
               max_size: int = volume.READ_MAX_DEFAULT, max_total: int = TOTAL_MAX_DEFAULT,
               advance: Callable[[int], None] | None = None) -> ExportSummary:
@@ -103,7 +104,7 @@ def copy_tree(ws: tree.Workspace, dest_fd: int, patterns: Sequence[str],
     summary = ExportSummary()
     skipped = summary.skipped
     with _HostDirs(dest_fd) as dirs:
-        for rel, entry, chosen in tree.walk(ws, chooser(patterns, excludes, used), skipped):
+        for rel, entry, chosen in ws.items(chooser(patterns, excludes, used), skipped):
             if not chosen:
                 continue
             if not entry.is_file:
@@ -131,20 +132,20 @@ def _over_total(rel: tuple[str, ...], max_total: int) -> UnsafePath:
                       "copied so far are complete")
 
 
-def _copy_one(ws: tree.Workspace, dirs: volume.DirWalker, rel: tuple[str, ...], force: bool,
+def _copy_one(ws: tree.Source, dirs: volume.DirWalker, rel: tuple[str, ...], force: bool,
               max_size: int, room: int, skipped: tree.Skipped) -> int | None:
     """Copy one file; its size, or None when it was skipped (counted in SKIPPED)."""
     try:
-        src, st = ws.open_file(rel)
+        src = ws.open(rel)
     except UnsafePath as exc:
         skipped.add("locked" if "lease" in exc.message else "changed")
         return None
     try:
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(src.mode):
             skipped.add("changed")
             return None
-        size = min(st.st_size, max_size)
-        if st.st_size > max_size:  # it grew past the limit since the directory was read
+        size = min(src.size, max_size)
+        if src.size > max_size:  # it grew past the limit since the directory was read
             skipped.add("too-large")
             return None
         if size > room:  # it grew since the directory was read
@@ -155,12 +156,12 @@ def _copy_one(ws: tree.Workspace, dirs: volume.DirWalker, rel: tuple[str, ...], 
         except UnsafePath:  # a file or a link of yours where a folder goes: left alone
             skipped.add("dest-conflict")
             return None
-        return _write(src, size, st.st_mode, parent, rel[-1], force, skipped)
+        return _write(src, size, src.mode, parent, rel[-1], force, skipped)
     finally:
-        os.close(src)
+        src.close()
 
 
-def _write(src: int, size: int, mode: int, parent: int, name: str, force: bool,
+def _write(src: tree.Opened, size: int, mode: int, parent: int, name: str, force: bool,
            skipped: tree.Skipped) -> int | None:
     """SIZE bytes of SRC into a temporary file of PARENT, then into place as NAME."""
     if not force and _exists(parent, name):
@@ -168,7 +169,7 @@ def _write(src: int, size: int, mode: int, parent: int, name: str, force: bool,
         return None
     fd, tmp = volume._new_temp(parent, None)
     try:
-        volume._copy_range(src, fd, size)
+        src.copy_to(fd, size)
         os.fchmod(fd, host_mode(mode))
         written = os.fstat(fd).st_size
     except BaseException:
@@ -265,15 +266,45 @@ def _place(parent: int, tmp: str, name: str, force: bool) -> bool:
 
 
 @contextmanager
-def workspace(store: StateStore, record: SandboxRecord) -> Iterator[tree.Workspace]:
-    """RECORD's /app as a Workspace: today its host folder (the one place another workspace
-    kind, an engine volume, plugs in)."""
+def workspace(store: StateStore, record: SandboxRecord, budget: int = TOTAL_MAX_DEFAULT,
+              limit_hint: str = "") -> Iterator[tree.Source]:
+    """RECORD's /app as a tree.Source: its host folder (a walk), or its engine volume (one
+    tar stream of `cp`, held to BUDGET bytes in all; LIMIT_HINT: how to raise it)."""
+    from .sandbox import workspace_of
+    from .workspace import EngineVolume
+
+    place = workspace_of(store, record)
+    if isinstance(place, EngineVolume):
+        if not record.expired() and not _container_running(record):
+            # run's container goes (--rm) once its command ends, its volume stays: a helper
+            # reads it (one that is going already would fail the cp halfway)
+            place = workspace_of(store, record, helper=True)
+        assert isinstance(place, EngineVolume)
+        with place.tree(budget, limit_hint) as source:
+            yield source
+        return
     with volume.opened_root(store.volumes_dir, record.name) as root:
         folder = tree.HostFolder(root)
         try:
             yield folder
         finally:
             folder.close()
+
+
+def _container_running(record: SandboxRecord) -> bool:
+    """Whether RECORD's container is there and running (Docker and Podman alike)."""
+    import json
+
+    from . import docker
+    from .sandbox import container_ref
+
+    proc = docker.run_docker(docker.inspect_argv([container_ref(record)]), check=False)
+    try:
+        rows = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+    except ValueError:
+        return False
+    state = rows[0].get("State") if rows and isinstance(rows[0], dict) else None
+    return isinstance(state, dict) and state.get("Running") is True
 
 
 def copy_from(store: StateStore, name: str, patterns: Sequence[str], dest: str = ".",
@@ -290,7 +321,7 @@ def copy_from(store: StateStore, name: str, patterns: Sequence[str], dest: str =
     record = require(store, name, expired_ok=True)
     dest_fd = open_dest(dest)
     try:
-        with workspace(store, record) as ws:
+        with workspace(store, record, max_total, " (raise it with --max-total)") as ws:
             summary = copy_tree(ws, dest_fd, patterns, excludes, force=force,
                                 max_size=max_size, max_total=max_total, advance=advance)
     finally:

@@ -613,7 +613,8 @@ def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
     """Hand a new engine volume's root (root's, 0755) to the sandbox user before the code
     first runs. Podman: a `cp --archive=false` of a tar whose `.` is the user's. Docker keeps
     the root's owner through cp, so a short-lived helper of the sandbox's image, with CAP_CHOWN
-    alone, no network and a read-only root, runs `chown` on it."""
+    (and CAP_DAC_READ_SEARCH, to go into a snapshot's private folders) alone, no network and
+    a read-only root, runs `chown -R` on it."""
     from .workspace import feed, root_tar
 
     uid = int(spec.user.partition(":")[0])
@@ -622,9 +623,11 @@ def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
         feed(eng.cp_in_argv(container_id, docker.WORKDIR), root_tar(uid))
         return
     helper = replace(spec, name=f"{spec.name}-init-{os.urandom(3).hex()}", ports=[],
-                     network=False, cap_add=["CHOWN"], runtime=None, env_file=None,
-                     memory="64m", pids_limit=16, keep=False, ttl_seconds=None)
-    argv = docker.create_argv(helper, ["chown", f"{uid}:{uid}", docker.WORKDIR])
+                     network=False, cap_add=["CHOWN", "DAC_READ_SEARCH"], runtime=None,
+                     env_file=None, memory="64m", pids_limit=16, keep=False, ttl_seconds=None)
+    # -R: what the engine copied up from the image's /app (a snapshot's files, owned by the
+    # sandbox it was taken of) becomes this sandbox user's too; no code has run there yet.
+    argv = docker.create_argv(helper, ["chown", "-R", f"{uid}:{uid}", docker.WORKDIR])
     argv[argv.index("create")] = "run"
     argv[argv.index("--user") + 1] = docker.MAIN_USER
     proc = docker.run_docker(argv, check=False)
@@ -874,23 +877,24 @@ def read_file(store: StateStore, name: str, path: str, out_fd: int,
     return workspace_of(store, record).read(parts, out_fd, max_size)
 
 
-def workspace_of(store: StateStore, record: SandboxRecord) -> Workspace:
+def workspace_of(store: StateStore, record: SandboxRecord, helper: bool = False) -> Workspace:
     """RECORD's workspace: its host folder, or its engine volume reached through its
-    container (or, once that has expired, a helper container made for the copy)."""
+    container (or, once that has expired or when HELPER, a helper container made for the
+    copy)."""
     kind = (record.workspace or {}).get("kind", BIND)
     if kind != VOLUME:
         return HostFolder(store.volumes_dir, record.name, file_owner(record))
     path = store.workspace_path(record).removeprefix("volume:")
 
     def container() -> Iterator[str]:
-        if not record.expired():
+        if not record.expired() and not helper:
             yield container_ref(record)
             return
-        helper = _volume_helper(store, record, path)
+        made = _volume_helper(store, record, path)
         try:
-            yield helper
+            yield made
         finally:
-            _remove_containers([helper])
+            _remove_containers([made])
 
     return EngineVolume(path, container, (_user_of(record.user) or OLD_DEFAULT_USER)[0])
 

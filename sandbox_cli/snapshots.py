@@ -32,13 +32,16 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import docker, validate, volume
 from .errors import DockerError, ImageError, InvalidInput, SandboxError, UnsafePath
 from .state import StateStore, now_iso
+
+if TYPE_CHECKING:
+    from .tree import TarTree
 
 LABEL_SNAPSHOT = f"{docker.LABEL_PREFIX}.snapshot"
 LABEL_SNAPSHOT_OF = f"{docker.LABEL_PREFIX}.snapshot-of"  # the sandbox it was taken of
@@ -76,25 +79,48 @@ def _kind(mode: int) -> str:
 
 
 def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+    return _member(name, st.st_uid, st.st_gid, st.st_mtime, st.st_mode, kind)
+
+
+def _member(name: str, uid: int, gid: int, mtime: float, mode: int,
+            kind: bytes) -> tarfile.TarInfo:
+    """A member of the snapshot's app.tar: owner and mode kept, set-id bits dropped (the one
+    place both workspace kinds make their members)."""
     info = tarfile.TarInfo(name)
     info.type = kind
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.mtime = int(st.st_mtime)
-    info.mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
+    info.uid, info.gid = uid, gid
+    info.mtime = int(mtime)
+    info.mode = stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
     return info
 
 
-def _copy_exact(src: int, out: Any, size: int) -> None:
-    """SIZE bytes of SRC to OUT: a file that shrank meanwhile is padded with zeros, one that
+def _copy_exact(read: Callable[[int], bytes], out: Any, size: int) -> None:
+    """SIZE bytes of READ to OUT: a file that shrank meanwhile is padded with zeros, one that
     grew is cut at SIZE (the tar header already holds the size)."""
     left = size
     while left:
-        chunk = os.read(src, min(left, 1 << 20))
+        chunk = read(min(left, 1 << 20))
         if not chunk:
             out.write(b"\0" * left)
             return
         out.write(chunk)
         left -= len(chunk)
+
+
+def _put_file(tar: tarfile.TarFile, info: tarfile.TarInfo, size: int,
+              read: Callable[[int], bytes], walked: Walked) -> None:
+    """Regular file INFO of SIZE bytes (what READ gives, cut or padded to SIZE) into TAR."""
+    info.size = size
+    tar.addfile(info)
+    assert tar.fileobj is not None
+    _copy_exact(read, tar.fileobj, size)
+    blocks, rest = divmod(size, tarfile.BLOCKSIZE)
+    if rest:
+        tar.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - rest))
+        blocks += 1
+    tar.offset += blocks * tarfile.BLOCKSIZE
+    walked.files += 1
+    walked.bytes += size
 
 
 def write_workspace_tar(root_fd: int, out: IO[bytes], prefix: str = "app") -> Walked:
@@ -166,21 +192,53 @@ def _add_entry(tar: tarfile.TarFile, dir_fd: int, path: str, name: str, walked: 
         walked.skip("changed")
         return None
     try:
-        info = _info(path, opened, tarfile.REGTYPE)
-        info.size = opened.st_size
-        tar.addfile(info)
-        assert tar.fileobj is not None
-        _copy_exact(fd, tar.fileobj, opened.st_size)
-        blocks, rest = divmod(opened.st_size, tarfile.BLOCKSIZE)
-        if rest:
-            tar.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - rest))
-            blocks += 1
-        tar.offset += blocks * tarfile.BLOCKSIZE
+        _put_file(tar, _info(path, opened, tarfile.REGTYPE), opened.st_size,
+                  lambda n: os.read(fd, n), walked)
     finally:
         os.close(fd)
-    walked.files += 1
-    walked.bytes += opened.st_size
     return None
+
+
+def write_stream_tar(source: TarTree, out: IO[bytes], prefix: str = "app") -> Walked:
+    """An engine volume's /app (SOURCE, the tar stream of `cp`) as the snapshot's app.tar on
+    OUT, under the rules of write_workspace_tar: folders and regular files only (what else
+    the stream holds is skipped and counted), set-id bits dropped, bounded in entries and
+    depth; each file's bytes pass through in chunks."""
+    from .tree import Skipped
+
+    walked = Walked()
+    skipped = Skipped()
+
+    def everything(rel: tuple[str, ...], is_dir: bool, inherited: bool) -> tuple[bool, bool]:
+        return True, True
+
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tar:
+        for rel, entry, _ in source.items(everything, skipped, dirs=True):
+            if walked.files + walked.dirs >= MAX_ENTRIES:
+                raise UnsafePath(f"/app holds more than {MAX_ENTRIES:,} entries: not snapshot")
+            path = "/".join((prefix, *rel))
+            if len(rel) > MAX_DEPTH:
+                if len(rel) == MAX_DEPTH + 1:  # once, as the host walk counts it
+                    walked.skip("too deep")
+            elif not rel or entry.is_dir:
+                tar.addfile(_member(path, entry.uid, entry.gid, entry.mtime_ns / 1e9,
+                                    entry.mode, tarfile.DIRTYPE))
+                walked.dirs += 1 if rel else 0
+            elif entry.is_file:
+                try:
+                    data = source.open(rel)
+                except UnsafePath:
+                    walked.skip("changed")
+                    continue
+                _put_file(tar, _member(path, entry.uid, entry.gid, entry.mtime_ns / 1e9,
+                                       entry.mode, tarfile.REGTYPE), data.size, data.read,
+                          walked)
+            else:
+                walked.skip(entry.kind)
+    for kind, count in skipped.counts.items():
+        walked.skipped[kind] = walked.skipped.get(kind, 0) + count
+    return walked
 
 
 # --- snapshot ------------------------------------------------------------------------------
@@ -290,7 +348,7 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
     resets = [arg for line in _env_lines(base, record.env_keys) for arg in ("--change", line)]
     argv = [docker.docker_binary(), "commit", *resets, container_ref(record)]
     committed = docker.run_docker(argv, timeout=docker.DEADLINE_CREATE).stdout.strip()
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", committed):
+    if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", committed):
         raise DockerError(f"docker commit gave no image id: {committed[:80]!r}", argv)
     try:
         labels = {LABEL_SNAPSHOT: "1", docker.LABEL_HOME: store.label,
@@ -298,8 +356,7 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
                   LABEL_SNAPSHOT_OF: name, LABEL_SNAPSHOT_AT: now_iso()}
         text = dockerfile(committed, base, record.env_keys, labels)
         with tempfile.TemporaryFile(dir=store.home) as context:
-            with volume.opened_root(store.volumes_dir, name) as root:
-                walked = _write_context(context, root, text)
+            walked = _app_into(store, record, context, text)
             image_id = _build(context, chosen)
     except BaseException:
         _remove_image_quietly(committed)  # only the intermediate; the build made nothing
@@ -307,7 +364,25 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
     return Snapshot(chosen, image_id, name, walked)
 
 
-def _write_context(out: IO[bytes], root_fd: int, text: str) -> Walked:
+STREAM_MAX = 1 << 40  # bytes of an engine volume's /app a snapshot takes (as a host folder's)
+
+
+def _app_into(store: StateStore, record: Any, context: IO[bytes], text: str) -> Walked:
+    """The build context with RECORD's /app: from its host folder (a walk from descriptors)
+    or, for an engine volume (which `docker commit` leaves out), from its `cp` tar stream."""
+    from .sandbox import workspace_of
+    from .workspace import EngineVolume
+
+    place = workspace_of(store, record)
+    if isinstance(place, EngineVolume):
+        with place.tree(STREAM_MAX) as source:
+            return _write_context(context, lambda out: write_stream_tar(source, out), text)
+    with volume.opened_root(store.volumes_dir, record.name) as root:
+        return _write_context(context, lambda out: write_workspace_tar(root, out), text)
+
+
+def _write_context(out: IO[bytes], write_app: Callable[[IO[bytes]], Walked],
+                   text: str) -> Walked:
     """The build context, a tar of Dockerfile and app.tar, written to OUT (a seekable
     file): app.tar's header is written last, once its size is known."""
     data = text.encode()
@@ -317,7 +392,7 @@ def _write_context(out: IO[bytes], root_fd: int, text: str) -> Walked:
     out.write(data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
     header_at = out.tell()
     out.write(b"\0" * tarfile.BLOCKSIZE)  # app.tar's header, filled in below
-    walked = write_workspace_tar(root_fd, out)
+    walked = write_app(out)
     size = out.tell() - header_at - tarfile.BLOCKSIZE
     rest = size % tarfile.BLOCKSIZE
     if rest:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 
 from . import volume
 from .errors import UnsafePath
@@ -47,6 +48,9 @@ class Entry:
     mtime_ns: int
     ctime_ns: int
     ino: int
+    hint: str = ""  # a kind the mode cannot say ('hardlink': a tar member naming another)
+    uid: int = -1  # the owner, where a tar stream gives it (a snapshot keeps it)
+    gid: int = -1
 
     @property
     def is_dir(self) -> bool:
@@ -63,6 +67,8 @@ class Entry:
             return "file"
         if self.is_dir:
             return "dir"
+        if self.hint:
+            return self.hint
         return KINDS.get(stat.S_IFMT(self.mode), "other")
 
 
@@ -77,6 +83,65 @@ class Workspace(Protocol):
     def open_file(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
         """A read descriptor (the caller closes it) and its fstat for regular file PARTS;
         UnsafePath for anything else."""
+        ...
+
+
+class Opened:
+    """One regular file's bytes as a Source hands them: a descriptor of ours (a host folder:
+    copies stay in the kernel) or the reader of a tar member (an engine volume's stream, valid
+    until the next item). SIZE and MODE: as the file was opened (the member's header)."""
+
+    __slots__ = ("fd", "mode", "size", "stream")
+
+    def __init__(self, size: int, mode: int, fd: int = -1,
+                 stream: IO[bytes] | None = None) -> None:
+        self.size, self.mode, self.fd, self.stream = size, mode, fd, stream
+
+    def read(self, n: int) -> bytes:
+        """Up to N bytes (b'' at the end)."""
+        if self.fd >= 0:
+            return os.read(self.fd, n)
+        assert self.stream is not None
+        return self.stream.read(n)
+
+    def copy_to(self, out_fd: int, size: int) -> None:
+        """At most SIZE bytes to OUT_FD (fewer if the file ends first)."""
+        if self.fd >= 0:
+            volume._copy_range(self.fd, out_fd, size)
+            return
+        left = size
+        while left > 0:
+            chunk = self.read(min(volume.CHUNK, left))
+            if not chunk:
+                return
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out_fd, view):]
+            left -= len(chunk)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+Item = tuple[tuple[str, ...], Entry, bool]  # (parts below /app, entry, chosen by a pattern)
+
+
+class Source(Protocol):
+    """What copy-from, diff and snapshot read a sandbox's /app through: its entries in one
+    pass and the bytes of the regular file last handed out. HostFolder (walk() over the
+    host folder) and TarTree (one tar stream of an engine volume) both give it, so the rules
+    (the chooser, what is skipped and how it is counted, host-side writing, comparison) are
+    written once, in the code that consumes it."""
+
+    def items(self, choose: Chooser, skipped: Skipped) -> Iterator[Item]:
+        """Every non-directory entry below /app, as walk() gives them."""
+        ...
+
+    def open(self, parts: tuple[str, ...]) -> Opened:
+        """The bytes of regular file PARTS (the item last handed out); UnsafePath when it
+        is not one any more."""
         ...
 
 
@@ -110,6 +175,15 @@ class HostFolder:
                 return volume.open_regular_file(parent, parts[-1], shown)
             except OSError as exc:
                 raise _refusal(exc, shown) from None
+
+    def items(self, choose: Chooser, skipped: Skipped) -> Iterator[Item]:
+        """The Source face: walk() over this folder."""
+        return walk(self, choose, skipped)
+
+    def open(self, parts: tuple[str, ...]) -> Opened:
+        """The Source face: open_file as an Opened (a descriptor: kernel copies stay)."""
+        fd, st = self.open_file(parts)
+        return Opened(st.st_size, st.st_mode, fd=fd)
 
     def close(self) -> None:
         self.walker.close()
@@ -208,3 +282,183 @@ def walk(ws: Workspace, choose: Chooser, skipped: Skipped,
             stack.append(_Frame(name, chosen, top.length + 1 + len(os.fsencode(name))))
             continue
         stack.pop()
+
+
+# --- an engine volume's tree, from one tar stream ------------------------------------------
+
+_TAR_KINDS = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
+              tarfile.FIFOTYPE: stat.S_IFIFO, tarfile.CHRTYPE: stat.S_IFCHR,
+              tarfile.BLKTYPE: stat.S_IFBLK, tarfile.REGTYPE: stat.S_IFREG,
+              tarfile.AREGTYPE: stat.S_IFREG, tarfile.CONTTYPE: stat.S_IFREG}
+
+
+def member_parts(name: str) -> tuple[str, ...] | None:
+    """The parts below /app of a member of `cp REF:/app/. -` ('.', './a/b' or 'a/b'); () for
+    the root; None for a name no real tree holds (absolute, '..', '.', empty parts, a NUL)."""
+    if name in (".", "./"):
+        return ()
+    rest = name[2:] if name.startswith("./") else name
+    parts = tuple(rest.split("/"))
+    if not rest or any(p in ("", ".", "..") or "\0" in p for p in parts):
+        return None
+    return parts
+
+
+def _member_entry(member: tarfile.TarInfo, name: str) -> Entry:
+    """MEMBER as an Entry: a hard link (a name for a file the stream already gave) is no
+    regular file here: its bytes are not in the stream."""
+    mtime_ns = int(member.mtime * 1_000_000_000)
+    perm = stat.S_IMODE(member.mode)
+    if member.islnk():
+        return Entry(name, perm, 0, mtime_ns, 0, 0, "hardlink", member.uid, member.gid)
+    kind = 0 if member.issparse() else _TAR_KINDS.get(member.type, 0)
+    return Entry(name, kind | perm, member.size, mtime_ns, 0, 0, "" if kind else "other",
+                 member.uid, member.gid)
+
+
+class TarTree:
+    """The Source of an engine volume: the tar stream of `cp REF:/app/. -` (the engine reads
+    the volume; nothing runs in the image), read once, in stream mode.
+
+    The stream is the container's tree: hostile. Names with '..', absolute or odd names are
+    skipped ('name'), and only folders and regular files are ever handed on as such; a file's
+    bytes are read from the stream in chunks, never held whole. The header sizes are believed
+    for nothing but the budget: every member's bytes pass through the pipe whether chosen or
+    not (a sparse terabyte streams as zeros), so the whole stream is held to BUDGET bytes, and
+    passing it stops the walk with UnsafePath (LIMIT_HINT says how to raise it).
+    """
+
+    def __init__(self, stream: IO[bytes], budget: int, limit_hint: str = "",
+                 fetch: Fetch | None = None) -> None:
+        self.stream, self.budget, self.limit_hint = stream, budget, limit_hint
+        self.fetch = fetch
+        self.fetched = 0
+        self._current: tuple[tuple[str, ...], tarfile.TarInfo] | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._linked: tuple[tuple[str, ...], Opened, Callable[[], None]] | None = None
+
+    def items(self, choose: Chooser, skipped: Skipped, dirs: bool = False) -> Iterator[Item]:
+        """As walk() gives a host folder's (DIRS: folders too, as they come, for snapshot)."""
+        try:
+            yield from self._members(choose, skipped, dirs)
+        finally:  # a consumer that stops early ends a hard link's fetch too
+            self._current = None
+            self._unlink()
+
+    def _members(self, choose: Chooser, skipped: Skipped, dirs: bool) -> Iterator[Item]:
+        # The folders on the path to the current member: (parts, looked into, chosen). The
+        # engine writes a folder before what it holds, depth first; a member whose folders did
+        # not come first has them judged here as walk() would have.
+        path: list[tuple[tuple[str, ...], bool, bool]] = []
+        passed = 0
+        with tarfile.open(fileobj=self.stream, mode="r|", encoding="utf-8",
+                          errors="surrogateescape", bufsize=volume.CHUNK) as tar:
+            self._tar = tar
+            for member in tar:
+                self._current = None
+                self._unlink()
+                if member.size > self.budget - passed:
+                    raise self._over(member.name)
+                passed += member.size
+                rel = member_parts(member.name)
+                if rel is None:
+                    skipped.add("name")
+                    continue
+                if not rel:
+                    if dirs and member.isdir():
+                        yield rel, _member_entry(member, ""), False
+                    continue
+                look, inherited = self._parent(path, rel, choose)
+                if not look:
+                    continue
+                entry = _member_entry(member, rel[-1])
+                look, chosen = choose(rel, entry.is_dir, inherited)
+                if not look or _bad_name(rel):
+                    if look and (chosen or entry.is_dir):
+                        skipped.add("long" if _too_long(rel) else "name")
+                    if entry.is_dir:
+                        path.append((rel, False, False))
+                    continue
+                if entry.is_dir:
+                    path.append((rel, True, chosen))
+                    if not dirs:
+                        continue
+                elif entry.is_file:
+                    self._current = (rel, member)
+                elif entry.hint == "hardlink" and chosen:
+                    entry, passed = self._second_name(rel, entry, passed)
+                yield rel, entry, chosen
+
+    def _second_name(self, rel: tuple[str, ...], entry: Entry,
+                     passed: int) -> tuple[Entry, int]:
+        """A hard link's second name REL, as walk() takes it: a file of its own, fetched by
+        FETCH (a `cp` of that one path, whose stream holds its bytes); at most HARDLINKS_MAX
+        a stream, the rest left as they are (skipped 'hardlink')."""
+        if self.fetch is None or self.fetched >= HARDLINKS_MAX:
+            return entry, passed
+        self.fetched += 1
+        got = self.fetch(rel)
+        if got is None:  # no regular file there (any more): as a link it stays
+            return entry, passed
+        opened, close = got
+        if opened.size > self.budget - passed:
+            close()
+            raise self._over("./" + "/".join(rel))
+        self._linked = (rel, opened, close)
+        return Entry(entry.name, opened.mode, opened.size, entry.mtime_ns, 0, 0, "",
+                     entry.uid, entry.gid), passed + opened.size
+
+    def _unlink(self) -> None:
+        if self._linked is not None:
+            close, self._linked = self._linked[2], None
+            close()
+
+    @staticmethod
+    def _parent(path: list[tuple[tuple[str, ...], bool, bool]], rel: tuple[str, ...],
+                choose: Chooser) -> tuple[bool, bool]:
+        """(walk into it, chosen) of REL's folder, PATH brought to end at it."""
+        while path and (len(path[-1][0]) >= len(rel) or rel[:len(path[-1][0])] != path[-1][0]):
+            path.pop()
+        while len(path) < len(rel) - 1:  # folders the stream did not give first
+            look, chosen = path[-1][1:] if path else (True, False)
+            here = rel[:len(path) + 1]
+            if look:
+                look, chosen = choose(here, True, chosen)
+                look = look and not _bad_name(here)
+            path.append((here, look, chosen and look))
+        return path[-1][1:] if path else (True, False)
+
+    def open(self, parts: tuple[str, ...]) -> Opened:
+        if self._linked is not None and self._linked[0] == parts:
+            return self._linked[1]  # (closed with its stream, when the walk moves on)
+        current = self._current
+        if current is None or current[0] != parts or self._tar is None:
+            raise UnsafePath(f"{volume._show(parts)}: changed by the container while read")
+        member = current[1]
+        handle = self._tar.extractfile(member)
+        if handle is None:
+            raise UnsafePath(f"{volume._show(parts)}: changed by the container while read")
+        return Opened(member.size, stat.S_IFREG | stat.S_IMODE(member.mode), stream=handle)
+
+    def _over(self, name: str) -> UnsafePath:
+        rel = member_parts(name)
+        shown = volume._show(rel) if rel else "/app"
+        return UnsafePath(
+            f"{shown}: stopped: the engine streams all of the volume's /app, chosen or not, "
+            f"and this would pass the limit of {volume._bytes_text(self.budget)}"
+            f"{self.limit_hint}; what was done so far is complete")
+
+
+HARDLINKS_MAX = 256  # second names of hard-linked files fetched by a `cp` each, per stream
+# fetch(parts) -> the one regular file at PARTS and how to end its stream, or None
+Fetch = Callable[[tuple[str, ...]], "tuple[Opened, Callable[[], None]] | None"]
+
+
+def _too_long(rel: tuple[str, ...]) -> bool:
+    return (len(os.fsencode("/app/" + "/".join(rel))) >= volume.PATH_MAX
+            or any(len(os.fsencode(p)) > volume.NAME_MAX for p in rel))
+
+
+def _bad_name(rel: tuple[str, ...]) -> bool:
+    """A path walk() could not take: too long, or a name with a control character."""
+    return _too_long(rel) or has_control(rel[-1])

@@ -41,6 +41,7 @@ DEADLINE_COPY = 3600.0  # a tar stream of a large tree over a slow link
 
 if TYPE_CHECKING:
     from .manifest import Recorder
+    from .tree import Fetch, TarTree
 
 
 class Workspace(Protocol):
@@ -190,7 +191,8 @@ class EngineVolume:
     def copy_in(self, root: str, files: Sequence[tuple[str, ...]], dest: tuple[str, ...],
                 advance: Callable[[int], None] | None,
                 recorder: Recorder | None = None) -> int:
-        """One tar stream into the container; no manifest (diff needs the host folder)."""
+        """One tar stream into the container; RECORDER, when given, notes each file for
+        diff from the bytes as they go into the stream."""
         total = [0]
 
         def fill(tar: tarfile.TarFile) -> None:
@@ -205,9 +207,11 @@ class EngineVolume:
                 src = _open_source(root, rel)
                 with os.fdopen(src, "rb") as handle:
                     info = os.fstat(src)
+                    tapped = _Tapped(handle, recorder, target, volume.shared_mode(info.st_mode))
                     tar.addfile(self._file("/".join(target), info.st_size,
                                            volume.shared_mode(info.st_mode),
-                                           info.st_mtime), handle)
+                                           info.st_mtime), tapped)
+                    tapped.done()
                 total[0] += info.st_size
                 if advance:
                     advance(info.st_size)
@@ -242,6 +246,116 @@ class EngineVolume:
             if written < 0:
                 raise _cp_failure(argv, proc.returncode or 1, err(), shown)
             return written
+
+
+    @contextmanager
+    def tree(self, budget: int, limit_hint: str = "") -> Iterator[TarTree]:
+        """/app as a tree.Source: the one tar stream of `cp REF:/app/. -` (the engine reads
+        the volume, nothing runs in the image), of at most BUDGET bytes of file data, read
+        once as the caller walks it. A stream cut short or refused is the cp's error."""
+        from . import engine
+        from .tree import TarTree
+
+        with self._container() as ref:
+            argv = engine.current().cp_out_argv(ref, docker.WORKDIR + "/.")
+            proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            err = _collect(proc.stderr)
+            try:
+                yield TarTree(proc.stdout, budget, limit_hint, _fetcher(ref))
+            except tarfile.TarError:
+                broken = True
+            except BaseException:
+                _stop(proc)
+                raise
+            else:
+                broken = False
+                _drain(proc.stdout)
+            proc.stdout.close()
+            code = docker.wait_docker(proc, argv, DEADLINE_COPY) if not broken else _stop(proc)
+            if broken or code != 0:
+                raise _cp_failure(argv, code or 1, err(), docker.WORKDIR)
+
+
+def _fetcher(ref: str) -> Fetch:
+    """tree.Fetch for the container REF: the one regular file at a path, streamed from its
+    own `cp REF:/app/PATH -` (a hard link's second name: the big stream holds no bytes for
+    it). Anything else there, or a member named otherwise (Podman follows a final link), is
+    None."""
+    from . import engine
+    from .tree import Opened
+
+    def fetch(parts: tuple[str, ...]) -> tuple[Opened, Callable[[], None]] | None:
+        argv = engine.current().cp_out_argv(ref, docker.WORKDIR + "/" + "/".join(parts))
+        proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        out = proc.stdout
+
+        def close() -> None:
+            out.close()
+            _stop(proc)
+
+        try:
+            tar = tarfile.open(fileobj=out, mode="r|", bufsize=_CHUNK)  # noqa: SIM115 (close)
+            member = tar.next()
+            if (member is None or not member.isreg() or member.issparse()
+                    or member.name.removeprefix("./").rstrip("/") != parts[-1]):
+                close()
+                return None
+            handle = tar.extractfile(member)
+        except tarfile.TarError:
+            close()
+            return None
+        except BaseException:
+            close()
+            raise
+        if handle is None:
+            close()
+            return None
+        return Opened(member.size, stat.S_IFREG | stat.S_IMODE(member.mode), stream=handle), close
+
+    return fetch
+
+
+class _Tapped:
+    """A source file as tarfile reads it into a copy-to stream, its bytes shown to a
+    manifest Tap on the way (none without a RECORDER); done() notes the file."""
+
+    def __init__(self, handle: BinaryIO, recorder: Recorder | None, parts: tuple[str, ...],
+                 mode: int) -> None:
+        from .manifest import Tap
+
+        self.handle, self.recorder, self.parts, self.mode = handle, recorder, parts, mode
+        self.tap = Tap() if recorder is not None else None
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(size)
+        if self.tap is not None:
+            self.tap(chunk)
+        return chunk
+
+    def done(self) -> None:
+        if self.recorder is not None and self.tap is not None:
+            self.recorder.add(self.parts, self.tap, None, self.mode)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """Kill a `cp` client we no longer read (we took what we wanted, or refused it)."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
+
+
+def _drain(stream: IO[bytes], limit: int = 1 << 20) -> None:
+    """Read what follows a tar's end (its record's padding) so the client ends cleanly."""
+    left = limit
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 16))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _one_file(stream: IO[bytes], name: str, shown: str, out_fd: int, max_size: int) -> int:

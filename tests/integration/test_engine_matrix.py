@@ -25,6 +25,7 @@ def test_engine_part_of_the_suite(engine: str) -> None:
         pytest.fail(f"engine {engine} is not running: `sudo scripts/setup-engines.sh start`")
     proc = subprocess.run(
         [str(SETUP), "run", engine, "--", sys.executable, "-m", "pytest", "-p",
-         "no:cacheprovider", "-q", "-x", "-m", "engines", "tests/integration/test_engines.py"],
+         "no:cacheprovider", "-q", "-x", "-m", "engines", "tests/integration/test_engines.py",
+         "tests/integration/test_volume_export.py"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{engine}:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
