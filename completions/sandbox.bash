@@ -119,8 +119,8 @@ _sandbox_spec() {
             args=(sandbox)
             ;;
         snapshot)
-            flags=(--tag --json --help -h)
-            valued=(--tag)
+            flags=(--tag --max-total --json --help -h)
+            valued=(--tag --max-total)
             files=()
             args=(sandbox)
             ;;

@@ -116,7 +116,7 @@ function __sandbox_state
                     set files
                     set args sandbox
                 case snapshot
-                    set valued --tag
+                    set valued --tag --max-total
                     set files
                     set args sandbox
                 case pause
@@ -309,6 +309,7 @@ complete -c sandbox -n '__sandbox_options egress' -l help -s h -d 'Show this mes
 
 # Options of `sandbox snapshot`.
 complete -c sandbox -n '__sandbox_options snapshot' -l tag -x -d 'Image tag [default: sandbox-snapshot/NAME:TIME]'
+complete -c sandbox -n '__sandbox_options snapshot' -l max-total -x -d 'Refuse a /app holding more file data than this'
 complete -c sandbox -n '__sandbox_options snapshot' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options snapshot' -l help -s h -d 'Show this message and exit'
 

@@ -650,12 +650,17 @@ def snapshot(
         str | None, typer.Option("--tag", metavar="TAG",
                                  help="Image tag [default: sandbox-snapshot/NAME:TIME].")
     ] = None,
+    max_total: Annotated[
+        str, typer.Option("--max-total", metavar="SIZE",
+                          help="Refuse a /app holding more file data than this.")
+    ] = "4g",
     json_out: JsonOpt = False,
 ) -> None:
     """Save a sandbox's container and its /app as an image; prints the tag (start --image TAG)."""
     from . import snapshots
+    from .volume import parse_size
 
-    made = snapshots.snapshot(_store(), name, tag)
+    made = snapshots.snapshot(_store(), name, tag, max_total=parse_size(max_total))
     if json_out:
         ui.emit_json(made.to_json())
         return

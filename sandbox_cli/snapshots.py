@@ -48,6 +48,9 @@ LABEL_SNAPSHOT_OF = f"{docker.LABEL_PREFIX}.snapshot-of"  # the sandbox it was t
 LABEL_SNAPSHOT_AT = f"{docker.LABEL_PREFIX}.snapshot-at"
 MAX_ENTRIES = 1_000_000  # folders and files in one snapshot (a 1 GiB /app holds 65,536)
 MAX_DEPTH = 256  # folders deeper than this are skipped (each level holds a descriptor)
+# Bytes of file data one snapshot takes, by default: the build context is a file in the home
+# (not sparse), so a sparse terabyte in /app must not become a terabyte on the host's disk.
+TOTAL_MAX_DEFAULT = 4 << 30
 # The labels a sandbox container carries that must not mark the image (a container run from
 # it with docker would otherwise pass for one of ours).
 _CONTAINER_LABELS = (docker.LABEL_MANAGED, docker.LABEL_NAME, docker.LABEL_KEEP,
@@ -62,6 +65,15 @@ class Walked:
     dirs: int = 0
     bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    max_bytes: int | None = None  # refuse (UnsafePath) past this much file data
+
+    def take(self, path: str, size: int) -> None:
+        """Count SIZE more bytes of file data, or refuse the snapshot past max_bytes."""
+        if self.max_bytes is not None and size > self.max_bytes - self.bytes:
+            raise UnsafePath(f"{path}: not snapshot, /app holds more than "
+                             f"{volume.bytes_text(self.max_bytes)} of file data "
+                             "(raise it with --max-total)")
+        self.bytes += size
 
     def skip(self, kind: str) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
@@ -110,6 +122,7 @@ def _copy_exact(read: Callable[[int], bytes], out: Any, size: int) -> None:
 def _put_file(tar: tarfile.TarFile, info: tarfile.TarInfo, size: int,
               read: Callable[[int], bytes], walked: Walked) -> None:
     """Regular file INFO of SIZE bytes (what READ gives, cut or padded to SIZE) into TAR."""
+    walked.take(info.name, size)  # before a byte is written
     info.size = size
     tar.addfile(info)
     assert tar.fileobj is not None
@@ -120,12 +133,13 @@ def _put_file(tar: tarfile.TarFile, info: tarfile.TarInfo, size: int,
         blocks += 1
     tar.offset += blocks * tarfile.BLOCKSIZE
     walked.files += 1
-    walked.bytes += size
 
 
-def write_workspace_tar(root_fd: int, out: IO[bytes], prefix: str = "app") -> Walked:
-    """The tree below ROOT_FD as a tar stream on OUT, its entries under PREFIX/."""
-    walked = Walked()
+def write_workspace_tar(root_fd: int, out: IO[bytes], prefix: str = "app",
+                        max_bytes: int | None = None) -> Walked:
+    """The tree below ROOT_FD as a tar stream on OUT, its entries under PREFIX/, of at most
+    MAX_BYTES of file data."""
+    walked = Walked(max_bytes=max_bytes)
     stack: list[tuple[str, int, Iterator[str]]] = []
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
@@ -199,14 +213,15 @@ def _add_entry(tar: tarfile.TarFile, dir_fd: int, path: str, name: str, walked: 
     return None
 
 
-def write_stream_tar(source: TarTree, out: IO[bytes], prefix: str = "app") -> Walked:
+def write_stream_tar(source: TarTree, out: IO[bytes], prefix: str = "app",
+                     max_bytes: int | None = None) -> Walked:
     """An engine volume's /app (SOURCE, the tar stream of `cp`) as the snapshot's app.tar on
     OUT, under the rules of write_workspace_tar: folders and regular files only (what else
     the stream holds is skipped and counted), set-id bits dropped, bounded in entries and
     depth; each file's bytes pass through in chunks."""
     from .tree import Skipped
 
-    walked = Walked()
+    walked = Walked(max_bytes=max_bytes)
     skipped = Skipped()
 
     def everything(rel: tuple[str, ...], is_dir: bool, inherited: bool) -> tuple[bool, bool]:
@@ -335,8 +350,10 @@ class Snapshot:
                 "bytes": self.walked.bytes, "skipped": dict(self.walked.skipped)}
 
 
-def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
-    """Commit NAME's container and add its /app: a new image tagged TAG."""
+def snapshot(store: StateStore, name: str, tag: str | None = None,
+             max_total: int = TOTAL_MAX_DEFAULT) -> Snapshot:
+    """Commit NAME's container and add its /app (at most MAX_TOTAL bytes of file data): a new
+    image tagged TAG."""
     from .sandbox import container_ref, require
 
     record = require(store, name)
@@ -356,7 +373,7 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
                   LABEL_SNAPSHOT_OF: name, LABEL_SNAPSHOT_AT: now_iso()}
         text = dockerfile(committed, base, record.env_keys, labels)
         with tempfile.TemporaryFile(dir=store.home) as context:
-            walked = _app_into(store, record, context, text)
+            walked = _app_into(store, record, context, text, max_total)
             image_id = _build(context, chosen)
     except BaseException:
         _remove_image_quietly(committed)  # only the intermediate; the build made nothing
@@ -364,10 +381,8 @@ def snapshot(store: StateStore, name: str, tag: str | None = None) -> Snapshot:
     return Snapshot(chosen, image_id, name, walked)
 
 
-STREAM_MAX = 1 << 40  # bytes of an engine volume's /app a snapshot takes (as a host folder's)
-
-
-def _app_into(store: StateStore, record: Any, context: IO[bytes], text: str) -> Walked:
+def _app_into(store: StateStore, record: Any, context: IO[bytes], text: str,
+              max_total: int) -> Walked:
     """The build context with RECORD's /app: from its host folder (a walk from descriptors)
     or, for an engine volume (which `docker commit` leaves out), from its `cp` tar stream."""
     from .sandbox import workspace_of
@@ -375,10 +390,13 @@ def _app_into(store: StateStore, record: Any, context: IO[bytes], text: str) -> 
 
     place = workspace_of(store, record)
     if isinstance(place, EngineVolume):
-        with place.tree(STREAM_MAX) as source:
-            return _write_context(context, lambda out: write_stream_tar(source, out), text)
+        # Every byte of the stream is taken: the stream's budget is the snapshot's.
+        with place.tree(max_total, " (raise it with --max-total)") as source:
+            return _write_context(
+                context, lambda out: write_stream_tar(source, out, max_bytes=max_total), text)
     with volume.opened_root(store.volumes_dir, record.name) as root:
-        return _write_context(context, lambda out: write_workspace_tar(root, out), text)
+        return _write_context(
+            context, lambda out: write_workspace_tar(root, out, max_bytes=max_total), text)
 
 
 def _write_context(out: IO[bytes], write_app: Callable[[IO[bytes]], Walked],

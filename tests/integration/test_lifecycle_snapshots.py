@@ -145,3 +145,27 @@ def test_a_failed_seed_undoes_its_own_start_only(start_box: Callable[..., str],
         assert made.strip() == ""
     finally:
         _rmi(sandbox, tag)
+
+
+def test_a_sparse_giant_is_not_snapshot_into_the_hosts_disk(start_box: Callable[..., str],
+                                                            sandbox: Runner) -> None:
+    """The build context is a plain file in the home: a sparse 64 GiB file in /app (a few
+    blocks on the container's side) must be refused (exit 4) before it is written out, in
+    both workspace kinds, and leave no image behind."""
+    for storage in ("bind", "volume"):
+        name = start_box("--storage", storage)
+        tag = f"sandbox-test-snap/{os.urandom(4).hex()}:giant"
+        sandbox("exec", name, "sh", "-c", "echo small > a && truncate -s 64G giant",
+                check=True)
+        try:
+            refused = sandbox("snapshot", name, "--tag", tag, "--max-total", "1m", timeout=120)
+            assert refused.returncode == 4, refused.stderr
+            line = refused.stderr.decode()
+            assert "--max-total" in line and "giant" in line, line
+            assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
+                                  timeout=30).returncode != 0
+            # under the limit (the default 4 GiB) the small file alone goes in
+            sandbox("exec", name, "rm", "giant", check=True)
+            sandbox("snapshot", name, "--tag", tag, check=True)
+        finally:
+            _rmi(sandbox, tag)
