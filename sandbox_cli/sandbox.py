@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 from . import acl, disk, docker, engine, validate, volume
 from .errors import (
     DockerError,
+    DockerUnavailable,
     ImageError,
     InvalidInput,
     NameInUse,
@@ -1150,7 +1151,8 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             )
         targets += _orphan_folders(store, set(records) | set(containers))
     kept = [n for n in targets if n in seen.unreachable]
-    for name in kept:  # its container and volume may live on: keep its record to retry
+    for name in kept if not names else ():  # named ones: an error at the end
+        # its container and volume may live on: its record stays, to retry
         _say(report, f"warning: {name} was not purged: its engine, "
              f"{seen.unreachable[name]}, did not answer (purge again when it does)")
     targets = [n for n in targets if n not in seen.unreachable]
@@ -1178,6 +1180,13 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             f"no sandbox named {', '.join(repr(m) for m in missing)}"
             + (f" (removed {', '.join(targets)})" if targets else "")
         )
+    if names and kept:
+        unanswered = ", ".join(f"{n} (its engine, {seen.unreachable[n]}, did not answer)"
+                               for n in kept)
+        raise DockerUnavailable(
+            f"not purged: {unanswered}"
+            + (f"; removed {', '.join(targets)}" if targets else ""),
+            "purge again when it answers")
     return targets
 
 

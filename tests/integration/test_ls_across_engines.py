@@ -68,6 +68,9 @@ def test_ls_and_purge_reach_each_sandbox_on_its_own_engine(docker_engine: None,
         data["sandboxes"][far]["options"]["engine_host"] = f"unix://{home}/no-engine.sock"
         state.write_text(json.dumps(data))
         assert _rows(sandbox)[far]["status"] == "unreachable"
+        named = sandbox("purge", far)
+        assert named.returncode == 5, named.stderr
+        assert b"not purged: far (its engine" in named.stderr
         proc = sandbox("purge", check=True)
         assert b"far was not purged" in proc.stderr
         assert set(_rows(sandbox)) == {far}
