@@ -31,7 +31,7 @@ def remote_env() -> dict[str, str]:
     probe = subprocess.run(["docker", "version"], env={**os.environ, "DOCKER_HOST": host},
                            capture_output=True, timeout=60)
     assert probe.returncode == 0, "the remote engine is not up: scripts/setup-engines.sh start"
-    return {"DOCKER_HOST": host}
+    return {"DOCKER_HOST": host, "DOCKER_CONTEXT": ""}
 
 
 def _docker_on(env: dict[str, str], *args: str) -> str:
@@ -46,7 +46,8 @@ def _rows(sandbox: Runner) -> dict[str, dict]:
 def test_ls_and_purge_reach_each_sandbox_on_its_own_engine(docker_engine: None,
                                                            sandbox: Runner, home: Path,
                                                            remote_env: dict[str, str]) -> None:
-    if os.environ.get("DOCKER_HOST") or os.environ.get("SANDBOX_DOCKER"):
+    # (SANDBOX_DOCKER and DOCKER_CONTEXT may be left set by the in-process API tests.)
+    if os.environ.get("DOCKER_HOST") or "podman" in os.environ.get("SANDBOX_DOCKER", ""):
         pytest.fail("run this test with the main engine as the environment's")
     here = {"SANDBOX_IMAGE": BUSYBOX_IMAGE}
     there = {**here, **remote_env}

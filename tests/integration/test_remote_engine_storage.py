@@ -48,14 +48,16 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 @pytest.fixture
 def tcp_engine(docker_engine: None) -> Iterator[dict[str, str]]:
     """The environment of a tcp:// DOCKER_HOST that reaches the local engine."""
-    if os.environ.get("DOCKER_HOST") or os.environ.get("SANDBOX_DOCKER"):
+    # (SANDBOX_DOCKER and DOCKER_CONTEXT may be left set by the in-process API tests.)
+    if os.environ.get("DOCKER_HOST") or "podman" in os.environ.get("SANDBOX_DOCKER", ""):
         pytest.fail("run this test against the main local engine (no DOCKER_HOST)")
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Forward)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"DOCKER_HOST": f"tcp://127.0.0.1:{server.server_address[1]}"}
+        yield {"DOCKER_HOST": f"tcp://127.0.0.1:{server.server_address[1]}",
+               "DOCKER_CONTEXT": ""}
     finally:
         server.shutdown()
         server.server_close()
