@@ -41,8 +41,9 @@ PARALLEL_EXECS = 16
 PARALLEL_SANDBOXES = 8
 DIFF_FILES = 10000
 DIFF_CHANGED = 10
+VOLUME_READ_BYTES = 100 * MB
 CASES = ("exec", "read", "write", "stream", "copy", "copy-from", "diff", "run", "start",
-         "parallel", "memory")
+         "parallel", "memory", "volume")
 PY_ONE_LINER = "import sys; print(sum(range(1000)), sys.version_info[0])"
 
 # The flags `sandbox start` gives docker (see sandbox_cli/docker.py run_argv), minus its labels:
@@ -240,11 +241,19 @@ class Bench:
                              f"{proc.stderr.strip()[-500:]}")
         return proc.stdout
 
-    def timed(self, argv: Sequence[str], *, cwd: str | None = None) -> float:
-        """Wall time of ARGV as a whole process, output discarded; fails on a non-zero exit."""
-        began = time.perf_counter()
-        proc = subprocess.run(list(argv), env=self.env, cwd=cwd or self.tmp, stdin=DEVNULL,
-                              stdout=DEVNULL, stderr=subprocess.PIPE)
+    def timed(self, argv: Sequence[str], *, cwd: str | None = None,
+              stdin_path: str | None = None) -> float:
+        """Wall time of ARGV as a whole process (stdin: /dev/null or the file STDIN_PATH),
+        output discarded; fails on a non-zero exit."""
+        stdin = open(stdin_path, "rb") if stdin_path else None  # noqa: SIM115
+        try:
+            began = time.perf_counter()
+            proc = subprocess.run(list(argv), env=self.env, cwd=cwd or self.tmp,
+                                  stdin=stdin or DEVNULL, stdout=DEVNULL,
+                                  stderr=subprocess.PIPE)
+        finally:
+            if stdin:
+                stdin.close()
         elapsed = time.perf_counter() - began
         if proc.returncode != 0:
             raise BenchError(f"{shlex.join(argv)} failed ({proc.returncode}): "
@@ -378,15 +387,23 @@ class Bench:
             lambda i: self.timed_stream([*self.docker_exec(self.main), *head], STREAM_BYTES),
             1.1)
 
-    def copy_to(self) -> Result:
+    def copy_tree(self) -> tuple[str, str]:
+        """The source of the copy-to cases, made once: (its folder, the tree under it) of
+        COPY_FILES files, COPY_BYTES in all, 100 a folder."""
         src = os.path.join(self.tmp, "src")
         tree = os.path.join(src, "tree")
+        if os.path.isdir(tree):
+            return src, tree
         per_file = COPY_BYTES // COPY_FILES
         for n in range(COPY_FILES):
             folder = os.path.join(tree, f"d{n // 100:02d}")
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, f"f{n % 100:03d}.bin"), "wb") as fh:
                 fh.write(os.urandom(per_file))
+        return src, tree
+
+    def copy_to(self) -> Result:
+        src, tree = self.copy_tree()
         volume = self.volume(self.main)
 
         def via_sandbox(i: int) -> float:
@@ -452,6 +469,97 @@ class Bench:
         for _ in range(self.reps.copy):
             result.sandbox.append(self.timed([*self.sbx, "diff", box]))
         return result
+
+    # --- volume mode (--storage volume: /app is an engine volume, files go through `cp`) -------
+
+    def volume_cases(self) -> list[Result]:
+        """write, read and copy-to on a sandbox started with --storage volume, each against
+        the raw `docker cp` doing the same through a tar stream."""
+        box = self.name("vol")
+        self.run([*self.sbx, "start", "--name", box, "--image", self.image,
+                  "--storage", "volume"])
+        return [self.volume_write(box), self.volume_write_large(box), self.volume_read(box),
+                self.volume_read_large(box), self.volume_copy(box)]
+
+    def volume_write(self, box: str) -> Result:
+        text = "hello from the benchmark"
+        local = os.path.join(self.tmp, "vol-small.txt")
+        with open(local, "w") as fh:
+            fh.write(text + "\n")
+        return self.compare(
+            "volume: write small file", self.reps.fast,
+            lambda i: self.timed([*self.sbx, "write", box, "w-sandbox.txt", text]),
+            lambda i: self.timed(["docker", "cp", local, f"{box}:/app/w-docker.txt"]), 2.0,
+            "docker cp FILE C:/app/F (the client sends it as a tar stream); goal as for the "
+            "small bind-mode commands: the fixed Python start-up is most of a small command")
+
+    def volume_write_large(self, box: str) -> Result:
+        local = os.path.join(self.tmp, "vol-big.bin")
+        with open(local, "wb") as fh:
+            for _ in range(VOLUME_READ_BYTES // MB):
+                fh.write(os.urandom(MB))
+        return self.compare(
+            "volume: write 100 MB file from stdin", self.reps.stream,
+            lambda i: self.timed([*self.sbx, "write", box, "wb-sandbox.bin"], stdin_path=local),
+            lambda i: self.timed(["docker", "cp", local, f"{box}:/app/wb-docker.bin"]), 1.3,
+            "sandbox write C F < FILE against docker cp FILE C:/app/F")
+
+    def volume_read(self, box: str) -> Result:
+        text = "".join(f"line {n} of a small file\n" for n in range(40))  # about 1 KB
+        self.run([*self.sbx, "write", box, "small.txt"], input_text=text)
+        return self.compare(
+            "volume: read 1 KB file", self.reps.fast,
+            lambda i: self.timed([*self.sbx, "read", box, "small.txt"]),
+            lambda i: self.timed(["docker", "cp", f"{box}:/app/small.txt", "-"]), 2.0,
+            "docker cp C:/app/F - (a tar stream out, not unpacked)")
+
+    def volume_read_large(self, box: str) -> Result:
+        self.run([*self.docker_exec(box), "sh", "-c",
+                  f"head -c {VOLUME_READ_BYTES} /dev/zero > /app/big.bin"])
+        tar_size = self.run_bytes(["docker", "cp", f"{box}:/app/big.bin", "-"])  # + headers
+        return self.compare(
+            "volume: read 100 MB file to a pipe", self.reps.stream,
+            lambda i: self.timed_stream([*self.sbx, "read", box, "big.bin"], VOLUME_READ_BYTES),
+            lambda i: self.timed_stream(["docker", "cp", f"{box}:/app/big.bin", "-"],
+                                        tar_size), 1.3,
+            "docker cp C:/app/F - read to the end (the tar stream, not unpacked)")
+
+    def run_bytes(self, argv: Sequence[str]) -> int:
+        """How many bytes ARGV prints on stdout (untimed; counted, not kept)."""
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.run(list(argv), env=self.env, cwd=self.tmp, stdin=DEVNULL,
+                                  stdout=out, stderr=subprocess.PIPE)
+            size = out.seek(0, os.SEEK_END)
+        if proc.returncode != 0:
+            raise BenchError(f"{shlex.join(argv)} failed ({proc.returncode}): "
+                             f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+        return size
+
+    def volume_copy(self, box: str) -> Result:
+        src, tree = self.copy_tree()
+
+        def clear(dest: str) -> None:
+            # docker cp keeps the client's owners (root): root (without CAP_DAC_OVERRIDE)
+            # empties what it owns, the sandbox user removes the folder from its /app.
+            self.run(["docker", "exec", box, "find", f"/app/{dest}", "-mindepth", "1",
+                      "-user", "0", "-delete"])
+            self.run([*self.docker_exec(box), "rm", "-rf", f"/app/{dest}"])
+
+        def via_sandbox(i: int) -> float:
+            dest = f"vs{i + 1}"
+            took = self.timed([*self.sbx, "copy-to", box, "tree/**", dest], cwd=src)
+            clear(dest)
+            return took
+
+        def via_docker(i: int) -> float:
+            dest = f"vd{i + 1}"
+            took = self.timed(["docker", "cp", tree, f"{box}:/app/{dest}"])
+            clear(dest)
+            return took
+
+        return self.compare(f"volume: copy-to {COPY_FILES} files, 50 MB", self.reps.copy,
+                            via_sandbox, via_docker, 1.3,
+                            "docker cp DIR C:/app/DEST (the client tars the tree)")
 
     def run_one_shot(self, locked: bool) -> Result:
         code = ["python3", "-c", PY_ONE_LINER]
@@ -617,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "start": lambda: [bench.start(locked=True), bench.start(locked=False)],
             "parallel": lambda: [bench.parallel()],
             "memory": lambda: [bench.peak_memory()],
+            "volume": bench.volume_cases,
         }
         results = [r for key in (args.only or list(cases)) for r in cases[key]()]
         notes = [*bench.notes, *(f"{r.case}: {r.note}" for r in results if r.note)]

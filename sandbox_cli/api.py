@@ -103,6 +103,7 @@ class SandboxInfo:
     storage: str | None = None  # bind (a host folder) or volume (an engine volume)
     allow_hosts: list[str] = field(default_factory=list)  # egress by allow-list, if any
     processes: list[dict[str, Any]] = field(default_factory=list)  # exec --detach, running
+    engine: str | None = None  # set for a sandbox on another engine than the environment's
 
     def to_json(self) -> dict[str, Any]:
         """The `ls --json` object."""

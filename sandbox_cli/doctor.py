@@ -134,12 +134,32 @@ def _runtimes_check(eng: engine.Engine, image: str) -> dict[str, Any]:
 
 
 def _storage_check(eng: engine.Engine, image: str) -> dict[str, Any]:
-    """Does the engine see this host's files (a bind of a fresh folder is accepted)? That is
-    what `storage: auto` decides at each start."""
+    """What `storage: auto` picks at each start, and whether the engine sees this host's
+    files (a bind of a fresh folder is accepted). A remote engine (tcp://, ssh://, a
+    context) gets a volume without a try: a bind there could meet a folder of the same path
+    on that host (another home's sandbox of the same name), not ours."""
+    seen = _sees_files(image)
+    if not eng.local:
+        hint = (" It does see this host's files (a fresh folder bound): `--storage bind` "
+                "would work and is faster" if seen is True else "")
+        return _check("storage", True, f"auto picks volume: the engine is remote "
+                      f"(/app is an engine volume, reached through docker cp).{hint}")
+    if seen is True:
+        return _check("storage", True, "auto picks bind: the engine sees this host's files "
+                      "(/app is a host folder)")
+    if seen is False:
+        return _check("storage", True, "auto picks volume: the engine cannot see this "
+                      "host's files (/app is an engine volume, reached through docker cp)")
+    return _check("storage", True, f"auto decides at start ({seen})")
+
+
+def _sees_files(image: str) -> bool | str:
+    """Whether the engine accepts a bind of a fresh folder of this host; a string saying
+    why that is not known (no image, another failure)."""
     import tempfile
 
     if not image:
-        return _check("storage", True, "auto decides at start (no image to probe with)")
+        return "no image to probe with"
     folder = tempfile.mkdtemp(prefix="sandbox-doctor-")
     argv = [docker.docker_binary(), "create", "--pull", "never", "--network", "none",
             "--mount", f"type=bind,source={folder},target=/probe", "--entrypoint", "true",
@@ -150,10 +170,7 @@ def _storage_check(eng: engine.Engine, image: str) -> dict[str, Any]:
         os.rmdir(folder)
     if proc.returncode == 0:
         docker.run_docker(docker.remove_argv([proc.stdout.strip()]), check=False)
-        return _check("storage", True, "auto picks bind: the engine sees this host's files "
-                      "(/app is a host folder)")
+        return True
     if engine.bind_refused(proc.stderr):
-        return _check("storage", True, "auto picks volume: the engine cannot see this "
-                      "host's files (/app is an engine volume, reached through docker cp)")
-    return _check("storage", True, f"auto decides at start (probe failed: "
-                  f"{engine.error_line(proc.stderr)})")
+        return False
+    return f"probe failed: {engine.error_line(proc.stderr)}"

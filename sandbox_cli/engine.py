@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 DOCKER, PODMAN = "docker", "podman"
@@ -290,6 +291,24 @@ def from_options(options: dict[str, object]) -> Engine | None:
     host, context = options.get("engine_host", ""), options.get("engine_context", "")
     return Engine(str(kind), binary, host if isinstance(host, str) else "",
                   context if isinstance(context, str) else "")
+
+
+@contextmanager
+def using(engine: Engine) -> Iterator[Engine]:
+    """Point this process's docker calls at ENGINE for the block (as `use`), then back at
+    the engine they pointed at before (environment and cache restored)."""
+    global _current
+    keys = ("SANDBOX_DOCKER", "DOCKER_HOST", "DOCKER_CONTEXT")
+    saved, before = {key: os.environ.get(key) for key in keys}, _current
+    try:
+        yield use(to_options(engine))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _current = before
 
 
 def use(options: dict[str, object]) -> Engine:

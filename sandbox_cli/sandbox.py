@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 from . import acl, disk, docker, engine, validate, volume
 from .errors import (
     DockerError,
+    DockerUnavailable,
     ImageError,
     InvalidInput,
     NameInUse,
@@ -1048,11 +1049,12 @@ def _inspected_ports(item: dict[str, Any]) -> list[str]:
     return ports
 
 
-def _labelled_containers(store: StateStore) -> dict[str, Container]:
+def _labelled_containers(store: StateStore, timeout: float | None = None
+                         ) -> dict[str, Container]:
     """This home's containers by sandbox name, from `docker ps` rows whose labels are read by
     key (docker.rows_argv: exact values, no container lock). A container counts only when
     its docker name is the name its label gives."""
-    out = docker.run_docker(docker.rows_argv(store.label)).stdout
+    out = docker.run_docker(docker.rows_argv(store.label), timeout=timeout).stdout
     found: dict[str, Container] = {}
     for text in engine.current().parse_rows(out, docker.LISTED_LABELS):
         labels = {key: text.get(key, "") for key in docker.LISTED_LABELS}
@@ -1081,6 +1083,51 @@ def _ps_time(text: str) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+OTHER_ENGINE_DEADLINE = 15.0  # ls/purge ask each other engine once, within this
+
+
+class _Seen(NamedTuple):
+    """The containers of this home on every engine its records name."""
+
+    containers: dict[str, Container]
+    engines: dict[str, engine.Engine]  # the engine of each record not on the current one
+    unreachable: dict[str, str]  # records whose engine did not answer: name -> where
+
+
+def _engine_of(record: SandboxRecord) -> engine.Engine:
+    return engine.from_options(record.options) or engine.current()
+
+
+def _containers_everywhere(store: StateStore, records: Mapping[str, SandboxRecord]) -> _Seen:
+    """This home's containers on the current engine (an error there is raised, as ever) and
+    on each other engine the RECORDS name, asked once each within OTHER_ENGINE_DEADLINE:
+    one that does not answer leaves its sandboxes unreachable, not missing. A record's
+    own engine decides its container (a namesake on the current one is not it)."""
+    here = engine.current()
+    containers = _labelled_containers(store)
+    others: dict[engine.Engine, list[str]] = {}
+    for name, rec in records.items():
+        eng = _engine_of(rec)
+        if eng != here:
+            others.setdefault(eng, []).append(name)
+    engines: dict[str, engine.Engine] = {}
+    unreachable: dict[str, str] = {}
+    for eng, names in others.items():
+        try:
+            with engine.using(eng):
+                found = _labelled_containers(store, timeout=OTHER_ENGINE_DEADLINE)
+        except SandboxError:
+            unreachable.update((name, eng.where) for name in names)
+            found = {}
+        for name in names:
+            containers.pop(name, None)
+            if name not in unreachable:
+                engines[name] = eng
+                if name in found:
+                    containers[name] = found[name]
+    return _Seen(containers, engines, unreachable)
+
+
 def list_sandboxes(store: StateStore, report: Report | None = None,
                    processes: bool = True) -> list[dict[str, Any]]:
     """Every sandbox of this home, merging the state file with Docker's view. An expired
@@ -1088,13 +1135,16 @@ def list_sandboxes(store: StateStore, report: Report | None = None,
     running detached processes (`exec --detach`; costs a look at each one's log folder)."""
     sweep(store, report)
     records = store.load()
-    containers = _labelled_containers(store)
+    seen = _containers_everywhere(store, records)
+    containers = seen.containers
     rows = []
     for name in sorted(set(records) | set(containers)):
         rec, box = records.get(name), containers.get(name)
         labels = box.labels if box else {}
         expired = rec is not None and rec.expired()
-        status = "expired" if expired else box.state if box else "missing"
+        status = ("unreachable" if name in seen.unreachable else "expired" if expired
+                  else box.state if box else "missing")
+        other = seen.engines.get(name)
         rows.append({
             "name": name,
             "container_id": rec.container_id if rec else box.id if box else "",
@@ -1109,6 +1159,8 @@ def list_sandboxes(store: StateStore, report: Report | None = None,
             "expires_at": rec.expires_at if rec else (labels.get(docker.LABEL_EXPIRES) or None),
             "files_until": files_until(rec) if rec and rec.expired() else None,
             "allow_hosts": allowed_hosts(rec),
+            # Only for a sandbox on another engine than the environment's (its own, recorded).
+            "engine": seen.unreachable.get(name) or (other.where if other else None),
             "tracked": rec is not None,
         })
     if processes:
@@ -1164,7 +1216,8 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
         validate.name(name)
     expired = sweep(store, report)  # already gone: purging them again is not an error
     records = store.load()
-    containers = _labelled_containers(store)
+    seen = _containers_everywhere(store, records)
+    containers = seen.containers
     if names:
         missing = [n for n in names if n not in records and n not in containers
                    and n not in expired and not os.path.isdir(store.volume_path(n))]
@@ -1184,14 +1237,23 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
                         else containers[n].labels.get(docker.LABEL_KEEP) == "1")
             )
         targets += _orphan_folders(store, set(records) | set(containers))
-    live = [containers[n].id for n in targets if n in containers]  # by id: never a namesake
-    if live:
-        _remove_containers(live)
-    _end_egress(store, {n: records.get(n) for n in targets})
+    kept = [n for n in targets if n in seen.unreachable]
+    for name in kept if not names else ():  # named ones: an error at the end
+        # its container and volume may live on: its record stays, to retry
+        _say(report, f"warning: {name} was not purged: its engine, "
+             f"{seen.unreachable[name]}, did not answer (purge again when it does)")
+    targets = [n for n in targets if n not in seen.unreachable]
+    for eng, group in _by_engine(targets, seen.engines).items():
+        with engine.using(eng) if eng is not None else nullcontext():
+            live = [containers[n].id for n in group if n in containers]  # by id: no namesake
+            if live:
+                _remove_containers(live)
+            _end_egress(store, {n: records.get(n) for n in group})
+            _remove_volumes(store, [records[n] for n in group if n in records],
+                            [n for n in group if n not in records])
     if not names:
-        _sweep_egress(store, everything, (set(records) | set(containers)) - set(targets))
-    _remove_volumes(store, [records[n] for n in targets if n in records],
-                    [n for n in targets if n not in records])
+        _sweep_egress(store, everything,
+                      (set(records) | set(containers)) - set(targets) - set(kept))
     owners = {n: Owner(box.image, box.labels.get(docker.LABEL_USER, ""))
               for n, box in containers.items()}
     owners.update({n: Owner(rec.image, rec.user) for n, rec in records.items()})
@@ -1205,7 +1267,23 @@ def purge(store: StateStore, names: Sequence[str] = (), everything: bool = False
             f"no sandbox named {', '.join(repr(m) for m in missing)}"
             + (f" (removed {', '.join(targets)})" if targets else "")
         )
+    if names and kept:
+        unanswered = ", ".join(f"{n} (its engine, {seen.unreachable[n]}, did not answer)"
+                               for n in kept)
+        raise DockerUnavailable(
+            f"not purged: {unanswered}"
+            + (f"; removed {', '.join(targets)}" if targets else ""),
+            "purge again when it answers")
     return targets
+
+
+def _by_engine(names: Sequence[str], engines: Mapping[str, engine.Engine]
+               ) -> dict[engine.Engine | None, list[str]]:
+    """NAMES grouped by the engine they live on (None: the current one), that one first."""
+    groups: dict[engine.Engine | None, list[str]] = {None: []}
+    for name in names:
+        groups.setdefault(engines.get(name), []).append(name)
+    return groups
 
 
 def _sweep_egress(store: StateStore, everything: bool, live: set[str]) -> None:

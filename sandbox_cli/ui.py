@@ -232,6 +232,8 @@ def sandbox_table(rows: Sequence[dict[str, Any]]) -> None:
             return "on" if value else "off"
         if key == "ports":
             return printable(",".join(value or []) or "-")
+        if key == "status" and row.get("engine"):  # on another engine than the environment's
+            return printable(f"{value} on {row['engine']}")
         if key == "expires_at":
             if row.get("keep"):
                 return "never"

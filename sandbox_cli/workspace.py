@@ -18,6 +18,7 @@ The container is hostile in both: it may swap, link or grow anything at any mome
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from . import docker, volume
 from .errors import DockerError, SandboxError, UnsafePath
@@ -35,6 +36,7 @@ BIND, VOLUME = "bind", "volume"
 STORAGES = ("auto", BIND, VOLUME)
 SANDBOX_UID = 65534  # the user the code runs as (nobody); files we put there are theirs
 _CHUNK = 1 << 20
+_SMALL_FILE = 256 << 10  # files up to this are copied with the headers; larger: sendfile
 _SPOOL_MAX = 8 << 20  # stdin of unknown size is spooled (beyond this, to a temporary file)
 DEADLINE_COPY = 3600.0  # a tar stream of a large tree over a slow link
 
@@ -145,7 +147,7 @@ class EngineVolume:
         info.uid = info.gid = self.uid
         return info
 
-    def _stream_in(self, shown: str, fill: Callable[[tarfile.TarFile], None]) -> None:
+    def _stream_in(self, shown: str, fill: Callable[[_TarOut], None]) -> None:
         """Run `cp - REF:/app` with the tar stream FILL writes. Folders come as entries of
         their own before their files: an engine unpacking the stream replaces whatever
         non-folder (a link the code planted) stands where a folder goes, and a file entry
@@ -159,9 +161,9 @@ class EngineVolume:
             assert proc.stdin is not None and proc.stderr is not None
             err = _collect(proc.stderr)
             try:
-                with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.PAX_FORMAT,
-                                  bufsize=_CHUNK) as tar:
-                    fill(tar)
+                tar = _TarOut(proc.stdin.fileno())
+                fill(tar)
+                tar.close()
                 proc.stdin.close()
             except BrokenPipeError:  # the client gave up: its stderr says why
                 pass
@@ -176,12 +178,12 @@ class EngineVolume:
     def write(self, parts: tuple[str, ...], source: BinaryIO | bytes) -> int:
         volume.check_length(parts)
         shown = "/app/" + "/".join(parts)
-        data, size = _sized(source)
+        data, size, regular = _sized(source)
         try:
-            def fill(tar: tarfile.TarFile) -> None:
+            def fill(tar: _TarOut) -> None:
                 for depth in range(1, len(parts)):
-                    tar.addfile(self._dir("/".join(parts[:depth])))
-                tar.addfile(self._file("/".join(parts), size), data)
+                    tar.add(self._dir("/".join(parts[:depth])))
+                tar.add(self._file("/".join(parts), size), data, regular)
 
             self._stream_in(shown, fill)
         finally:
@@ -195,7 +197,7 @@ class EngineVolume:
         diff from the bytes as they go into the stream."""
         total = [0]
 
-        def fill(tar: tarfile.TarFile) -> None:
+        def fill(tar: _TarOut) -> None:
             made: set[tuple[str, ...]] = set()
             for rel in files:
                 target = dest + rel
@@ -203,15 +205,19 @@ class EngineVolume:
                 for depth in range(1, len(target)):
                     if target[:depth] not in made:
                         made.add(target[:depth])
-                        tar.addfile(self._dir("/".join(target[:depth])))
+                        tar.add(self._dir("/".join(target[:depth])))
                 src = _open_source(root, rel)
                 with os.fdopen(src, "rb") as handle:
                     info = os.fstat(src)
-                    tapped = _Tapped(handle, recorder, target, volume.shared_mode(info.st_mode))
-                    tar.addfile(self._file("/".join(target), info.st_size,
-                                           volume.shared_mode(info.st_mode),
-                                           info.st_mtime), tapped)
-                    tapped.done()
+                    info_ = self._file("/".join(target), info.st_size,
+                                       volume.shared_mode(info.st_mode), info.st_mtime)
+                    if recorder is None:  # the bytes go by sendfile, never through Python
+                        tar.add(info_, handle, regular=stat.S_ISREG(info.st_mode))
+                    else:  # diff's manifest: each byte is hashed on its way into the stream
+                        tapped = _Tapped(handle, recorder, target,
+                                         volume.shared_mode(info.st_mode))
+                        tar.add(info_, tapped)  # type: ignore[arg-type]
+                        tapped.done()
                 total[0] += info.st_size
                 if advance:
                     advance(info.st_size)
@@ -358,10 +364,75 @@ def _drain(stream: IO[bytes], limit: int = 1 << 20) -> None:
         left -= len(chunk)
 
 
+class _TarOut:
+    """A tar stream (PAX headers, as tarfile writes them) onto the pipe FD, without
+    tarfile's per-member copies: headers, small files and padding are gathered into one
+    buffer of up to _CHUNK, a large regular file goes from its descriptor to the pipe by
+    sendfile(2). A source that ends before its size raises OSError, as tarfile does."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def add(self, info: tarfile.TarInfo, data: IO[bytes] | None = None,
+            regular: bool = False) -> None:
+        """Append INFO's header and, for a file, INFO.size bytes of DATA (REGULAR: DATA is
+        a regular file at its offset, which sendfile may read)."""
+        self.buf += info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        if data is None or info.size == 0:
+            return
+        if regular and info.size > _SMALL_FILE:
+            self._flush()
+            self._sendfile(data, info.size)
+        else:
+            self._copy(data, info.size)
+        self.buf += bytes(-info.size % tarfile.BLOCKSIZE)
+        if len(self.buf) >= _CHUNK:
+            self._flush()
+
+    def _copy(self, data: IO[bytes], size: int) -> None:
+        left = size
+        while left > 0:
+            chunk = data.read(min(_CHUNK, left))
+            if not chunk:
+                raise OSError("unexpected end of data")  # the file shrank while copied
+            self.buf += chunk
+            left -= len(chunk)
+            if len(self.buf) >= _CHUNK:
+                self._flush()
+
+    def _sendfile(self, data: IO[bytes], size: int) -> None:
+        src, offset = data.fileno(), data.tell()
+        end = offset + size
+        while offset < end:
+            sent = os.sendfile(self.fd, src, offset, min(_CHUNK * 8, end - offset))
+            if sent == 0:
+                raise OSError("unexpected end of data")  # the file shrank while copied
+            offset += sent
+
+    def _flush(self) -> None:
+        view = memoryview(self.buf)
+        while view:
+            view = view[os.write(self.fd, view):]
+        view.release()
+        self.buf.clear()
+
+    def close(self) -> None:
+        """The end-of-archive marker (two zero blocks), and everything still held."""
+        self.buf += bytes(2 * tarfile.BLOCKSIZE)
+        self._flush()
+
+
 def _one_file(stream: IO[bytes], name: str, shown: str, out_fd: int, max_size: int) -> int:
     """Copy the first member of the tar STREAM to OUT_FD when it is a regular file named
-    NAME of at most MAX_SIZE bytes; -1 when the stream holds no member (cp failed)."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    NAME of at most MAX_SIZE bytes; -1 when the stream holds no member (cp failed).
+
+    tarfile reads only the headers, through _Exact (512-byte blocks, never beyond them), so
+    the member's bytes start at the pipe's read position and go through the kernel
+    (splice(2)) rather than through tarfile's 10 KB buffer and Python's copies."""
+    exact = _Exact(stream.fileno())
+    with tarfile.open(fileobj=cast("IO[bytes]", exact), mode="r|",
+                      bufsize=tarfile.BLOCKSIZE) as tar:
         member = tar.next()
         if member is None:
             return -1
@@ -373,17 +444,60 @@ def _one_file(stream: IO[bytes], name: str, shown: str, out_fd: int, max_size: i
         if member.size > max_size:
             raise UnsafePath(f"{shown}: {member.size} bytes, over the read limit of "
                              f"{volume.bytes_text(max_size)} (raise it with --max-size)")
-        handle = tar.extractfile(member)
-        assert handle is not None
-        done = 0
-        while True:
-            chunk = handle.read(_CHUNK)
+        if exact.taken != member.offset_data:  # tarfile read past the header: not expected
+            raise tarfile.ReadError("tar stream out of step")
+        done = _pass_on(exact.fd, out_fd, member.size)
+    if done != member.size:  # the stream ended early: the client failed or was cut off
+        raise tarfile.ReadError("tar stream ended inside the file")
+    return done
+
+
+class _Exact:
+    """A pipe as the file object tarfile reads headers from: each read returns exactly the
+    bytes asked for (or fewer at the end), so nothing past the headers is consumed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.taken = fd, 0
+
+    def read(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        left = size
+        while left > 0:
+            chunk = os.read(self.fd, left)
             if not chunk:
-                return done
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out_fd, view):]
-            done += len(chunk)
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+        data = b"".join(parts)
+        self.taken += len(data)
+        return data
+
+
+def _pass_on(source: int, target: int, count: int) -> int:
+    """Move COUNT bytes from the pipe SOURCE to TARGET: splice(2) where TARGET takes it,
+    else read and write in bounded chunks. Returns the bytes moved (fewer at an early end);
+    a reader that has gone raises BrokenPipeError, as a write would."""
+    done = 0
+    splice = getattr(os, "splice", None)
+    while splice is not None and done < count:
+        try:
+            moved = splice(source, target, min(_CHUNK, count - done))
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EAGAIN):
+                break  # TARGET is not spliceable (a terminal) or non-blocking: copy below
+            raise
+        if moved == 0:
+            return done
+        done += moved
+    while done < count:
+        chunk = os.read(source, min(_CHUNK, count - done))
+        if not chunk:
+            return done
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view):]
+        done += len(chunk)
+    return done
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
@@ -398,19 +512,19 @@ def _member_kind(member: tarfile.TarInfo) -> str:
     return "not a regular file"
 
 
-def _sized(source: BinaryIO | bytes) -> tuple[BinaryIO, int]:
-    """SOURCE as a readable file of known size (a tar header comes before the data): bytes
-    as they are, a regular file by its size, a pipe spooled (memory up to _SPOOL_MAX, then a
-    temporary file)."""
+def _sized(source: BinaryIO | bytes) -> tuple[BinaryIO, int, bool]:
+    """SOURCE as a readable file of known size (a tar header comes before the data), and
+    whether it is a regular file (sendfile may read it): bytes as they are, a regular file
+    by its size, a pipe spooled (memory up to _SPOOL_MAX, then a temporary file)."""
     import io
 
     if isinstance(source, bytes):
-        return io.BytesIO(source), len(source)
+        return io.BytesIO(source), len(source), False
     try:
         info = os.fstat(source.fileno())
         if stat.S_ISREG(info.st_mode):
             handle = os.fdopen(os.dup(source.fileno()), "rb")
-            return handle, info.st_size - handle.tell()
+            return handle, info.st_size - handle.tell(), True
     except (OSError, ValueError, io.UnsupportedOperation):
         pass
     import tempfile
@@ -420,7 +534,7 @@ def _sized(source: BinaryIO | bytes) -> tuple[BinaryIO, int]:
         spool.write(chunk)
     size = spool.tell()
     spool.seek(0)
-    return spool, size  # type: ignore[return-value]
+    return spool, size, False  # type: ignore[return-value]
 
 
 def _collect(stream: IO[bytes]) -> Callable[[], str]:

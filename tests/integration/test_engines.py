@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUSYBOX_IMAGE, DOCKER, PYTHON_IMAGE, Runner
+from tests.conftest import BUSYBOX_IMAGE, CLI, DOCKER, PYTHON_IMAGE, Runner
 
 pytestmark = pytest.mark.engines
 
@@ -228,3 +228,36 @@ def test_write_and_copy_to_never_go_through_a_planted_link(ebox, sandbox: Runner
     for path in ("../x", "/etc/x", "a/../../x"):
         assert sandbox("write", name, path, "no").returncode == 2
         assert sandbox("read", name, path).returncode == 2
+
+
+def test_large_files_through_files_not_pipes(ebox, sandbox: Runner, tmp_path: Path) -> None:
+    """`write` from a regular file (read from where stdin stands), `copy-to` of a file
+    larger than what goes with the headers, and `read` into a regular file and into a pipe
+    whose reader stops early: the paths that hand bytes to the kernel (sendfile, splice)."""
+    name = ebox()
+    data = os.urandom(3 << 20) + b"tail"
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"skipped" + data)
+    with open(src, "rb") as stdin:
+        stdin.seek(len(b"skipped"))
+        proc = subprocess.run([*CLI, "write", name, "w/big.bin"], stdin=stdin,
+                              capture_output=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    work = tmp_path / "work"
+    (work / "tree").mkdir(parents=True, exist_ok=True)
+    (work / "tree" / "big.bin").write_bytes(data)
+    (work / "tree" / "small.txt").write_text("small\n")
+    sandbox("copy-to", name, "tree/**", "c", check=True)
+    for path in ("w/big.bin", "c/tree/big.bin"):
+        out = tmp_path / "out.bin"
+        with open(out, "wb") as stdout:
+            proc = subprocess.run([*CLI, "read", name, path], stdout=stdout,
+                                  stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                  cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == data, path
+    assert sandbox("read", name, "c/tree/small.txt").stdout == b"small\n"
+    reader = subprocess.run(["sh", "-c", f"{' '.join(CLI)} read {name} w/big.bin | head -c 10"],
+                            capture_output=True, cwd=tmp_path, timeout=120)
+    assert reader.stdout == data[:10]
+    assert b"Traceback" not in reader.stderr
