@@ -42,7 +42,7 @@ def _ends(sandbox: Runner, *args: str) -> bytes:
     except Exception as exc:  # subprocess.TimeoutExpired: the deadlock
         pytest.fail(f"sandbox {' '.join(args)} hung: {exc!r}")
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return bytes(proc.stdout)
 
 
 def test_copy_from_a_hard_link_before_a_large_file_ends(
