@@ -44,6 +44,12 @@ class Engine:
         return self.kind == PODMAN
 
     @property
+    def cp_keeps_owners(self) -> bool:
+        """Whether `cp NAME:PATH -` streams each file's real owner (Docker does; Podman gives
+        every member uid 0): what tells a fetched hard link from a file swapped in for it."""
+        return self.kind == DOCKER
+
+    @property
     def local(self) -> bool:
         """True when the engine runs on this host (a unix socket or the default one)."""
         return not self.host or self.host.startswith("unix://")

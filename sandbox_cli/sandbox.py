@@ -614,7 +614,7 @@ def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
     """Hand a new engine volume's root (root's, 0755) to the sandbox user before the code
     first runs. Podman: a `cp --archive=false` of a tar whose `.` is the user's. Docker keeps
     the root's owner through cp, so a short-lived helper of the sandbox's image, with CAP_CHOWN
-    (and CAP_DAC_READ_SEARCH, to go into a snapshot's private folders) alone, no network and
+    (and CAP_DAC_OVERRIDE, to go into a snapshot's private folders) alone, no network and
     a read-only root, runs `chown -R` on it."""
     from .workspace import feed, root_tar
 
@@ -624,7 +624,7 @@ def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
         feed(eng.cp_in_argv(container_id, docker.WORKDIR), root_tar(uid))
         return
     helper = replace(spec, name=f"{spec.name}-init-{os.urandom(3).hex()}", ports=[],
-                     network=False, cap_add=["CHOWN", "DAC_READ_SEARCH"], runtime=None,
+                     network=False, cap_add=["CHOWN", "DAC_OVERRIDE"], runtime=None,
                      env_file=None, memory="64m", pids_limit=16, keep=False, ttl_seconds=None)
     # -R: what the engine copied up from the image's /app (a snapshot's files, owned by the
     # sandbox it was taken of) becomes this sandbox user's too; no code has run there yet.

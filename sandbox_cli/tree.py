@@ -329,10 +329,9 @@ class TarTree:
     """
 
     def __init__(self, stream: IO[bytes], budget: int, limit_hint: str = "",
-                 fetch: Fetch | None = None) -> None:
+                 fetch: Fetch | None = None, finish: Callable[[], None] | None = None) -> None:
         self.stream, self.budget, self.limit_hint = stream, budget, limit_hint
-        self.fetch = fetch
-        self.fetched = 0
+        self.fetch, self.finish = fetch, finish
         self._current: tuple[tuple[str, ...], tarfile.TarInfo] | None = None
         self._tar: tarfile.TarFile | None = None
         self._linked: tuple[tuple[str, ...], Opened, Callable[[], None]] | None = None
@@ -351,6 +350,9 @@ class TarTree:
         # not come first has them judged here as walk() would have.
         path: list[tuple[tuple[str, ...], bool, bool]] = []
         passed = 0
+        # Chosen second names of hard links: fetched once the stream has ended (FINISH), never
+        # while it is open (the engine would make the fetch wait for the stream's end).
+        later: list[tuple[tuple[str, ...], Entry]] = []
         with tarfile.open(fileobj=self.stream, mode="r|", encoding="utf-8",
                           errors="surrogateescape", bufsize=volume.CHUNK) as tar:
             self._tar = tar
@@ -385,19 +387,28 @@ class TarTree:
                         continue
                 elif entry.is_file:
                     self._current = (rel, member)
-                elif entry.hint == "hardlink" and chosen:
-                    entry, passed = self._second_name(rel, entry, passed)
+                elif (entry.hint == "hardlink" and chosen and self.fetch is not None
+                      and len(later) < HARDLINKS_MAX):
+                    later.append((rel, entry))
+                    continue
                 yield rel, entry, chosen
+        self._tar = self._current = None
+        if self.finish is not None:
+            self.finish()
+        for rel, entry in later:
+            self._unlink()
+            entry, passed = self._second_name(rel, entry, passed)
+            yield rel, entry, True
 
     def _second_name(self, rel: tuple[str, ...], entry: Entry,
                      passed: int) -> tuple[Entry, int]:
         """A hard link's second name REL, as walk() takes it: a file of its own, fetched by
         FETCH (a `cp` of that one path, whose stream holds its bytes); at most HARDLINKS_MAX
-        a stream, the rest left as they are (skipped 'hardlink')."""
-        if self.fetch is None or self.fetched >= HARDLINKS_MAX:
+        a stream (the rest are left as they are: skipped 'hardlink')."""
+        if self.fetch is None:
             return entry, passed
-        self.fetched += 1
-        got = self.fetch(rel)
+        got = self.fetch(rel, (entry.uid, entry.gid, stat.S_IMODE(entry.mode),
+                               entry.mtime_ns // 1_000_000_000))
         if got is None:  # no regular file there (any more): as a link it stays
             return entry, passed
         opened, close = got
@@ -450,8 +461,10 @@ class TarTree:
 
 
 HARDLINKS_MAX = 256  # second names of hard-linked files fetched by a `cp` each, per stream
-# fetch(parts) -> the one regular file at PARTS and how to end its stream, or None
-Fetch = Callable[[tuple[str, ...]], "tuple[Opened, Callable[[], None]] | None"]
+# fetch(parts, (uid, gid, mode, mtime)) -> the one regular file at PARTS, if it is still the
+# one so described, and how to end its stream; else None
+Fetch = Callable[[tuple[str, ...], tuple[int, int, int, int]],
+                 "tuple[Opened, Callable[[], None]] | None"]
 
 
 def _too_long(rel: tuple[str, ...]) -> bool:

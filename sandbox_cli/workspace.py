@@ -267,39 +267,66 @@ class EngineVolume:
             proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE)
             assert proc.stdout is not None and proc.stderr is not None
+            stdout = proc.stdout
             err = _collect(proc.stderr)
+            ended = [False]
+
+            def finish(broken: bool = False) -> None:
+                """End the cp: read to its end and wait for it (BROKEN: kill it); its
+                failure raised. TarTree calls it at the archive's end, before it fetches a
+                hard link's second name: Docker holds the container's lock until a cp's
+                stream is read to its end, so a second cp started before would wait forever."""
+                if ended[0]:
+                    return
+                ended[0] = True
+                if not broken:
+                    _drain(stdout)
+                stdout.close()
+                code = _stop(proc) if broken else docker.wait_docker(proc, argv, DEADLINE_COPY)
+                if broken or code != 0:
+                    raise _cp_failure(argv, code or 1, err(), docker.WORKDIR)
+
+            fetch = _fetcher(ref) if engine.current().cp_keeps_owners else None
             try:
-                yield TarTree(proc.stdout, budget, limit_hint, _fetcher(ref))
+                yield TarTree(stdout, budget, limit_hint, fetch, finish)
             except tarfile.TarError:
-                broken = True
+                if ended[0]:  # the main stream was whole: a second name's own cp broke
+                    raise UnsafePath("/app: a hard-linked file changed while it was copied; "
+                                     "what was done so far is complete") from None
+                finish(broken=True)
             except BaseException:
                 _stop(proc)
                 raise
             else:
-                broken = False
-                _drain(proc.stdout)
-            proc.stdout.close()
-            code = docker.wait_docker(proc, argv, DEADLINE_COPY) if not broken else _stop(proc)
-            if broken or code != 0:
-                raise _cp_failure(argv, code or 1, err(), docker.WORKDIR)
+                finish()
 
 
 def _fetcher(ref: str) -> Fetch:
     """tree.Fetch for the container REF: the one regular file at a path, streamed from its
     own `cp REF:/app/PATH -` (a hard link's second name: the big stream holds no bytes for
-    it). Anything else there, or a member named otherwise (Podman follows a final link), is
-    None."""
+    it), taken only if it is still the file the link's header describes (owner, group, mode,
+    mtime): `cp` follows links in the path's folders inside the container, so a folder the
+    container swapped for a link to /etc would otherwise hand over a file its user cannot
+    read. Anything else there, or a member named otherwise (Podman follows a final link), is
+    None. Each fetch has the copy deadline."""
+    import threading
+
     from . import engine
     from .tree import Opened
 
-    def fetch(parts: tuple[str, ...]) -> tuple[Opened, Callable[[], None]] | None:
+    def fetch(parts: tuple[str, ...], want: tuple[int, int, int, int]
+              ) -> tuple[Opened, Callable[[], None]] | None:
         argv = engine.current().cp_out_argv(ref, docker.WORKDIR + "/" + "/".join(parts))
         proc = docker.popen_docker(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         out = proc.stdout
+        deadline = threading.Timer(DEADLINE_COPY, proc.kill)
+        deadline.daemon = True
+        deadline.start()
 
         def close() -> None:
+            deadline.cancel()
             out.close()
             _stop(proc)
 
@@ -307,7 +334,9 @@ def _fetcher(ref: str) -> Fetch:
             tar = tarfile.open(fileobj=out, mode="r|", bufsize=_CHUNK)  # noqa: SIM115 (close)
             member = tar.next()
             if (member is None or not member.isreg() or member.issparse()
-                    or member.name.removeprefix("./").rstrip("/") != parts[-1]):
+                    or member.name.removeprefix("./").rstrip("/") != parts[-1]
+                    or (member.uid, member.gid, stat.S_IMODE(member.mode)) != want[:3]
+                    or abs(int(member.mtime) - want[3]) > 1):
                 close()
                 return None
             handle = tar.extractfile(member)

@@ -11,6 +11,8 @@ import pytest
 from sandbox_cli import tree
 from sandbox_cli.errors import UnsafePath
 
+_LINK_META = (1234, 5678, 0o644, 1_700_000_000)  # every member's uid, gid, mode (but run's), mtime
+
 
 def _tar(*members: tuple[str, bytes, bytes | None]) -> io.BytesIO:
     out = io.BytesIO()
@@ -21,7 +23,8 @@ def _tar(*members: tuple[str, bytes, bytes | None]) -> io.BytesIO:
             if kind == tarfile.SYMTYPE or kind == tarfile.LNKTYPE:
                 info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else "./a/f"
             info.size = len(data or b"")
-            info.mode = 0o4755 if name.endswith("run") else 0o644
+            info.mode = 0o4755 if name.endswith("run") else _LINK_META[2]
+            info.uid, info.gid, info.mtime = _LINK_META[0], _LINK_META[1], _LINK_META[3]
             tar.addfile(info, io.BytesIO(data) if data else None)
     out.seek(0)
     return out
@@ -75,18 +78,28 @@ def test_the_stream_is_held_to_its_budget_and_a_stale_item_cannot_be_opened() ->
         source.open(("a",))
 
 
-def test_a_hard_links_second_name_is_fetched_on_its_own() -> None:
+def test_a_hard_links_second_name_is_fetched_on_its_own_after_the_stream_ends() -> None:
+    """The engine holds the container's lock until a cp's stream is read to its end: the
+    second name's own cp must come after FINISH, and it is asked for the file the link's
+    header describes (owner, group, mode, mtime)."""
     stream = _tar(("./a", tarfile.DIRTYPE, None), ("./a/f", tarfile.REGTYPE, b"hi"),
                   ("./h", tarfile.LNKTYPE, None), ("./z", tarfile.REGTYPE, b"z"))
     closed: list[tuple[str, ...]] = []
+    events: list[str] = []
 
-    def fetch(parts: tuple[str, ...]) -> tuple[tree.Opened, object] | None:
+    def fetch(parts: tuple[str, ...], want: tuple[int, int, int, int]
+              ) -> tuple[tree.Opened, object] | None:
+        events.append(f"fetch {'/'.join(parts)} {want}")
         return (tree.Opened(2, 0o100644, stream=io.BytesIO(b"hi")),
                 lambda: closed.append(parts))
 
-    source = tree.TarTree(stream, 1 << 20, fetch=fetch)  # type: ignore[arg-type]
+    source = tree.TarTree(stream, 1 << 20, fetch=fetch,  # type: ignore[arg-type]
+                          finish=lambda: events.append("finish"))
     files = {}
     for rel, entry, _ in source.items(_all, tree.Skipped()):
         assert entry.is_file
+        events.append("/".join(rel))
         files["/".join(rel)] = source.open(rel).read(10)
     assert files == {"a/f": b"hi", "h": b"hi", "z": b"z"} and closed == [("h",)]
+    uid, gid, mode, mtime = _LINK_META
+    assert events == ["a/f", "z", "finish", f"fetch h {(uid, gid, mode, mtime)}", "h"]
