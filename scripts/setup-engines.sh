@@ -147,11 +147,21 @@ hidden_paths() {
     done
 }
 
+sees_checkout() {  # ENGINE: a bind mount of the checkout works there
+    DOCKER_HOST=$(host_of "$1") timeout 30 docker run --rm --pull never \
+        --mount "type=bind,source=$REPO,target=/app" "$BUSYBOX_IMAGE" true >/dev/null 2>&1
+}
+
 dockerd_up() { DOCKER_HOST=$(host_of "$1") timeout 10 docker info >/dev/null 2>&1; }
 
 start_dockerd() {  # ENGINE HIDE(0|1)
     local engine=$1 hide=$2 dir=$RUN/$1 logf=$STATE/$1/dockerd.log
-    dockerd_up "$engine" && return 0
+    if dockerd_up "$engine"; then
+        # Started earlier for another checkout, it may see this one: then start it afresh.
+        [ "$hide" = 1 ] && sees_checkout "$engine" || return 0
+        log "$engine: running, but it sees $REPO: restarting it with that hidden"
+        stop_dockerd "$engine" quiet
+    fi
     stop_dockerd "$engine" quiet   # a stale pid file or netns from a killed run
     dockerd_config "$engine"
     make_netns "$engine"
