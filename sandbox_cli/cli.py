@@ -370,9 +370,9 @@ def write(
     ] = None,
 ) -> None:
     """Write TEXT (or stdin, binary-safe) to a file in the sandbox folder."""
-    # `-` is stdin, as for most tools; a lone dash as content comes through stdin too.
-    source = os.fsencode(text) if text not in (None, "-") else sys.stdin.buffer
-    sandbox.write_file(_store(), name, path, source)
+    from . import filecommands
+
+    filecommands.write(name, path, text)
 
 
 @app.command()
@@ -386,12 +386,10 @@ def read(
     ] = "1g",
 ) -> None:
     """Write a file's bytes from the sandbox folder to stdout."""
+    from . import filecommands
     from .volume import parse_size
 
-    limit = parse_size(max_size)
-    with ui.writing_stdout():
-        sys.stdout.flush()
-        sandbox.read_file(_store(), name, path, sys.stdout.fileno(), limit)
+    filecommands.read(name, path, parse_size(max_size))
 
 
 @app.command("copy-to")

@@ -166,3 +166,31 @@ def test_a_failed_cap_undoes_the_run(docker_engine: None, sandbox: Runner,
     made = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"name=^{name}$"],
                           capture_output=True, text=True, timeout=30).stdout
     assert made.strip() == ""
+
+
+def test_plain_read_and_write_skip_typer_and_match_the_typer_path(
+        box: str, sandbox: Runner) -> None:
+    """`read NAME PATH` and `write NAME PATH [TEXT]` take the typer-free path; the same
+    command with an option (`--max-size`) or a `--` goes through typer: same bytes, same
+    refusals, same exit codes, in both workspace kinds' shared body."""
+    wrote, typer_seen = _imports(sandbox, "write", box, "a.txt", "hello")
+    assert (wrote.returncode, typer_seen) == (0, False), wrote.stderr
+    piped, typer_seen = _imports(sandbox, "write", box, "b.bin", "-", input=b"\0\1binary")
+    assert (piped.returncode, typer_seen) == (0, False), piped.stderr
+    via_stdin, typer_seen = _imports(sandbox, "write", box, "c.txt", input=b"from stdin")
+    assert (via_stdin.returncode, typer_seen) == (0, False), via_stdin.stderr
+    for path, want in (("a.txt", b"hello"), ("b.bin", b"\0\1binary"), ("c.txt", b"from stdin")):
+        quick, typer_seen = _imports(sandbox, "read", box, path)
+        parsed, typer_used = _imports(sandbox, "read", "--max-size", "1m", box, path)
+        assert (typer_seen, typer_used) == (False, True)
+        assert quick.stdout == parsed.stdout == want and quick.returncode == 0
+    # refusals: the same line and code whichever path parsed
+    for args in (("no-such-box", "a.txt"), (box, "../escape"), (box, "missing.txt")):
+        quick, typer_seen = _imports(sandbox, "read", *args)
+        parsed, typer_used = _imports(sandbox, "read", "--max-size", "1g", *args)
+        assert (typer_seen, typer_used) == (False, True)
+        assert quick.returncode == parsed.returncode != 0, args
+        assert quick.stderr == parsed.stderr and quick.stderr.startswith(b"sandbox: error: ")
+    # an option-looking TEXT or PATH goes to typer, which refuses it as before
+    dashed, typer_used = _imports(sandbox, "write", box, "d.txt", "-x")
+    assert typer_used and dashed.returncode == 2
