@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import BUSYBOX_IMAGE, Runner
+from tests.conftest import BUSYBOX_IMAGE, DOCKER, Runner
 
 
 def _expire(home: Path, name: str, seconds_ago: int) -> None:
@@ -93,6 +93,11 @@ def test_a_wedged_expired_sandbox_never_blocks_another(
         assert b"could not end the containers of expired " + stuck.encode() in proc.stderr
         assert sandbox("start", "--image", BUSYBOX_IMAGE, "--name", healthy + "x", env=fail,
                        timeout=60).returncode == 0
-        sandbox("purge", healthy + "x")
     finally:
-        sandbox("purge", healthy, stuck)
+        # The sandbox started through the shim recorded it as its engine's client: make the
+        # shim pass everything through again, so that the purge removes its container.
+        _docker_shim(tmp_path, "no-such-verb")
+        sandbox("purge", healthy, stuck, healthy + "x", timeout=120)
+    left = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"name={healthy}"],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert not left.strip(), left  # nothing of the test's own left running
