@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -132,3 +133,14 @@ def docker_inspect(name: str, fmt: str) -> str:
     """`docker inspect -f FMT NAME`, stripped."""
     return subprocess.run([DOCKER, "inspect", "-f", fmt, name], capture_output=True,
                           text=True, check=True).stdout.strip()
+
+
+def tree_of(root: Path) -> dict[str, bytes | None]:
+    """Every entry below ROOT: files with their bytes, folders as None (a link fails)."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        info = path.lstat()
+        assert stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode), rel
+        found[rel] = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
+    return found

@@ -12,7 +12,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from tests.conftest import CLI, Runner
+from tests.conftest import CLI, Runner, tree_of
 
 QUICK = 60  # seconds: a FIFO opened or a giant read would blow through this
 
@@ -26,16 +26,6 @@ def copy_json(sandbox: Runner, *args: str) -> dict:
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
-
-def tree_of(root: Path) -> dict[str, bytes | None]:
-    """Every entry below ROOT: files with their bytes, folders as None (links would fail)."""
-    found: dict[str, bytes | None] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        info = path.lstat()
-        assert stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode), rel
-        found[rel] = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
-    return found
 
 
 DEEP = textwrap.dedent("""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUSYBOX_IMAGE, DOCKER, PYTHON_IMAGE, Runner
+from tests.conftest import BUSYBOX_IMAGE, DOCKER, PYTHON_IMAGE, Runner, tree_of
 
 pytestmark = pytest.mark.engines
 
@@ -52,16 +52,6 @@ def copy_json(sandbox: Runner, *args: str) -> dict:
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
-
-def tree_of(root: Path) -> dict[str, bytes | None]:
-    """Every entry below ROOT: files with their bytes, folders as None (a link fails)."""
-    found: dict[str, bytes | None] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        info = path.lstat()
-        assert stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode), rel
-        found[rel] = path.read_bytes() if stat.S_ISREG(info.st_mode) else None
-    return found
 
 
 HOSTILE = textwrap.dedent("""
