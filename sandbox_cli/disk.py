@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 
 from .errors import SandboxError
@@ -40,6 +39,8 @@ def supported() -> str | None:
 
 
 def _tool(name: str) -> str | None:
+    import shutil  # here: only a capped start looks for the tools
+
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
 
 

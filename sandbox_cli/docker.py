@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import (
     DockerError,
@@ -76,9 +76,9 @@ def env_file(env: Mapping[str, str]) -> Iterator[str | None]:
         os.unlink(path)
 
 
-@dataclass
-class RunSpec:
-    """Everything `docker run` needs to start one sandbox container."""
+class RunSpec(NamedTuple):
+    """Everything `docker run` needs to start one sandbox container (a NamedTuple, not a
+    dataclass: see state.SandboxRecord; `spec._replace(...)` makes a changed copy)."""
 
     name: str
     image: str
@@ -92,7 +92,7 @@ class RunSpec:
     home_dir: str = ""  # LABEL_HOME_DIR's value
     keep: bool = False  # survives a bare purge
     network: bool = False
-    ports: list[str] = field(default_factory=list)  # normalised IP:HOST:CONTAINER/PROTO
+    ports: Sequence[str] = ()  # normalised IP:HOST:CONTAINER/PROTO
     env_file: str | None = None  # see env_file(): values never travel on the argv
     default_home: bool = True  # HOME=/tmp unless the user's -e sets HOME (-e would lose)
     memory: str = "1g"
@@ -101,9 +101,9 @@ class RunSpec:
     read_only: bool = True
     tmpfs_size: str = "256m"
     runtime: str | None = None
-    cap_add: list[str] = field(default_factory=list)
+    cap_add: Sequence[str] = ()
     storage: str = "bind"  # VOLUME is a host folder to bind, or (volume) an engine volume
-    network_options: list[str] = field(default_factory=list)  # replaces --network (egress)
+    network_options: Sequence[str] = ()  # replaces --network (egress)
 
 
 def run_argv(spec: RunSpec) -> list[str]:

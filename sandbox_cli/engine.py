@@ -23,16 +23,16 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DOCKER, PODMAN = "docker", "podman"
 # Runtimes whose processes on the host are not the container's (a user-space kernel).
 _OWN_KERNEL_RUNTIMES = ("runsc", "runsc-net", "kata", "kata-runtime")
 
 
-@dataclass(frozen=True)
-class Engine:
-    """One container engine as the client reaches it."""
+class Engine(NamedTuple):
+    """One container engine as the client reaches it (a NamedTuple, not a dataclass: see
+    state.SandboxRecord)."""
 
     kind: str  # DOCKER or PODMAN
     binary: str  # the client executable

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from . import docker
@@ -25,21 +24,30 @@ DEFAULT_MAX_CAPTURE = 16 * 1024 * 1024  # per stream, for --json
 KILL_GRACE_SECONDS = 5.0
 
 
-@dataclass
 class ExecResult:
-    """Outcome of a captured exec (--json)."""
+    """Outcome of a captured exec (--json). A plain class, not a dataclass: see
+    state.SandboxRecord."""
 
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool
-    stdout_truncated: bool
-    stderr_truncated: bool
-    duration_ms: int
-    stop_failed: bool = False
-    oom_killed: bool = False  # the kernel killed a process for memory while it ran
-    memory: str = ""  # the sandbox's memory limit, for the message
-    not_started: str = ""  # why the command could not start (not found, not executable)
+    FIELDS = ("exit_code", "stdout", "stderr", "timed_out", "stdout_truncated",
+              "stderr_truncated", "duration_ms", "stop_failed", "oom_killed", "memory",
+              "not_started")
+    __slots__ = FIELDS
+
+    def __init__(self, exit_code: int, stdout: bytes, stderr: bytes, timed_out: bool,
+                 stdout_truncated: bool, stderr_truncated: bool, duration_ms: int,
+                 stop_failed: bool = False,
+                 oom_killed: bool = False,  # the kernel killed a process for memory
+                 memory: str = "",  # the sandbox's memory limit, for the message
+                 not_started: str = "",  # why the command could not start (not found, ...)
+                 ) -> None:
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+        self.timed_out, self.duration_ms, self.stop_failed = timed_out, duration_ms, stop_failed
+        self.stdout_truncated, self.stderr_truncated = stdout_truncated, stderr_truncated
+        self.oom_killed, self.memory, self.not_started = oom_killed, memory, not_started
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={getattr(self, key)!r}" for key in self.FIELDS)
+        return f"ExecResult({fields})"
 
     def to_json(self) -> dict[str, object]:
         """The documented --json shape (camelCase, as the seed's API)."""
@@ -56,8 +64,7 @@ class ExecResult:
         }
 
 
-@dataclass(frozen=True)
-class ExecTag:
+class ExecTag(NamedTuple):
     """How the kill recognises an exec's processes: a random marker in their environment, and
     the moment just before the exec began, both as this kernel's clock ticks since boot (for
     the host-side kill, which runs on the container's kernel) and as a monotonic time (for the

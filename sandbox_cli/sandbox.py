@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 from . import acl, disk, docker, engine, validate, volume
@@ -354,15 +353,17 @@ def require(store: StateStore, name: str, *, expired_ok: bool = False) -> Sandbo
 
 # --- start ---------------------------------------------------------------------------------
 
-@dataclass
 class _Prepared:
     """A sandbox about to be created: its folder exists, its container not yet."""
 
-    name: str
-    spec: docker.RunSpec
-    env: dict[str, str]  # -e values: they reach docker through a private env file
-    egress: Any = None  # an egress.Plan with --allow-host
-    cap: _PendingCap | None = None  # the folder's cap, still being made (run's)
+    __slots__ = ("cap", "egress", "env", "name", "spec")
+
+    def __init__(self, name: str, spec: docker.RunSpec,
+                 env: dict[str, str],  # -e values: they reach docker through a private env file
+                 egress: Any = None,  # an egress.Plan with --allow-host
+                 cap: _PendingCap | None = None,  # the folder's cap, still being made (run's)
+                 ) -> None:
+        self.name, self.spec, self.env, self.egress, self.cap = name, spec, env, egress, cap
 
 
 class _PendingCap:
@@ -472,7 +473,7 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     from . import egress
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
-    spec = replace(spec, network_options=egress.sandbox_network_options(plan))
+    spec = spec._replace(network_options=egress.sandbox_network_options(plan))
     # The proxy variables are in the container's own environment (the --env-file of docker
     # run/create), so every exec inherits them, as run's command does; the user's -e wins.
     # Last: network and proxy are made while start goes on; every failure from here on goes
@@ -530,7 +531,7 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     name = prepared.name
     # A nonce on this attempt's container: cleanup finds what we made, never a same-named
     # container of the user's or of another SANDBOX_HOME (their names clash in one engine).
-    prepared.spec = replace(prepared.spec, attempt=os.urandom(8).hex())
+    prepared.spec = prepared.spec._replace(attempt=os.urandom(8).hex())
     container_id = ""
     try:
         if prepared.spec.storage == VOLUME:
@@ -623,9 +624,10 @@ def _ready_volume(spec: docker.RunSpec, container_id: str) -> None:
     if eng.podman:
         feed(eng.cp_in_argv(container_id, docker.WORKDIR), root_tar(uid))
         return
-    helper = replace(spec, name=f"{spec.name}-init-{os.urandom(3).hex()}", ports=[],
-                     network=False, cap_add=["CHOWN", "DAC_OVERRIDE"], runtime=None,
-                     env_file=None, memory="64m", pids_limit=16, keep=False, ttl_seconds=None)
+    helper = spec._replace(name=f"{spec.name}-init-{os.urandom(3).hex()}", ports=[],
+                           network=False, cap_add=["CHOWN", "DAC_OVERRIDE"], runtime=None,
+                           env_file=None, memory="64m", pids_limit=16, keep=False,
+                           ttl_seconds=None)
     # -R: what the engine copied up from the image's /app (a snapshot's files, owned by the
     # sandbox it was taken of) becomes this sandbox user's too; no code has run there yet.
     argv = docker.create_argv(helper, ["chown", "-R", f"{uid}:{uid}", docker.WORKDIR])
@@ -727,8 +729,8 @@ def _create_container(prepared: _Prepared, env_path: str | None,
     pulled = False
     while True:
         ttl = prepared.spec.ttl_seconds
-        spec = replace(prepared.spec, env_file=env_path,
-                       expires_at="" if ttl is None else iso_after(ttl))
+        spec = prepared.spec._replace(env_file=env_path,
+                                      expires_at="" if ttl is None else iso_after(ttl))
         try:
             return docker.run_docker(build(spec)).stdout.strip(), spec
         except ImageError:
@@ -782,9 +784,11 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
         for check in checks:
             check.cancel()
     # _create has undone the folder; the next try cannot meet the same refusal
-    return _create(store, options, _prepare(store, replace(options, storage=VOLUME),
-                                            prepared.name, ttl_seconds, None), build, progress,
-                   pull_output)
+    import dataclasses  # StartOptions is one (config.py, loaded by every start already)
+
+    volume_options = dataclasses.replace(options, storage=VOLUME)
+    return _create(store, options, _prepare(store, volume_options, prepared.name, ttl_seconds,
+                                            None), build, progress, pull_output)
 
 
 def _seed_from_snapshot(store: StateStore, image: str, prepared: _Prepared,
@@ -919,8 +923,7 @@ class CopyProgress(Protocol):
     def advance(self, size: int) -> None: ...
 
 
-@dataclass
-class CopySummary:
+class CopySummary(NamedTuple):
     """What copy-to did."""
 
     files: int
@@ -991,8 +994,7 @@ def _end_egress_of(store: StateStore, name: str) -> None:
 
 # --- listing and purge ---------------------------------------------------------------------
 
-@dataclass
-class Container:
+class Container(NamedTuple):
     """One container as `docker ps` rows or `docker inspect` describe it (labels as a map,
     never a string)."""
 

@@ -6,7 +6,6 @@ offending value and says what is expected.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 
@@ -125,6 +124,8 @@ def port(spec: str, default_ip: str = "127.0.0.1") -> str:
             ip, host, container = parts
         else:
             raise InvalidInput(f"invalid port {spec!r}: expected [IP:]HOST:CONTAINER[/PROTO]")
+    import ipaddress  # here, not at the top: every command validates, few take ports
+
     try:
         parsed_ip = ipaddress.ip_address(ip)
     except ValueError:

@@ -18,7 +18,6 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import InvalidInput, UnsafePath
@@ -509,15 +508,15 @@ _BATCH = 4096  # subfolder names taken from one scan of a directory
 _PENDING_MAX = 1 << 16  # subfolder names held over all levels of the walk at once
 
 
-@dataclass
 class _Level:
     """One directory on the removal path: its name, identity and the subfolders still to go."""
 
-    name: str
-    dev: int
-    ino: int
-    pending: list[str] = field(default_factory=list)
-    complete: bool = False  # the last scan reached the end: nothing is left beyond PENDING
+    __slots__ = ("complete", "dev", "ino", "name", "pending")
+
+    def __init__(self, name: str, dev: int, ino: int) -> None:
+        self.name, self.dev, self.ino = name, dev, ino
+        self.pending: list[str] = []
+        self.complete = False  # the last scan reached the end: nothing is left beyond PENDING
 
 
 def _scan_level(fd: int, level: _Level, room: int, tally: Tally | None = None) -> None:
@@ -579,12 +578,14 @@ def empty_tree(root_fd: int, tally: Tally | None = None) -> None:
             remove_tree(root_fd, name, tally)
 
 
-@dataclass
 class Tally:
     """What a removal took away: entries other than folders, and their bytes."""
 
-    files: int = 0
-    bytes: int = 0
+    __slots__ = ("bytes", "files")
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
 
 
 def remove_tree(parent_fd: int, name: str, tally: Tally | None = None) -> None:

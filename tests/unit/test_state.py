@@ -49,7 +49,7 @@ def test_unreadable_file_is_kept_aside_not_overwritten(tmp_path: Path) -> None:
 def test_hostile_entries_are_dropped(tmp_path: Path) -> None:
     store = StateStore(str(tmp_path))
     store.ensure_dirs()
-    good = json.loads(json.dumps(_record("box").__dict__))
+    good = json.loads(json.dumps(_record("box").to_json()))
     Path(store.path).write_text(json.dumps({"version": 1, "sandboxes": {
         "box": good,
         "../../etc": {**good, "name": "../../etc"},
