@@ -166,7 +166,7 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float | None, stop: Stop,
     WATCH_READER: our own stdout/stderr carry the output (the CLI), so a reader that went
     away there means the client gave up; the API's pipes are not ours to poll."""
     try:
-        code = proc.wait(timeout=timeout)
+        code = docker.wait_for(proc, timeout)
         if code < 0:  # the client was killed (e.g. SIGPIPE under `| head`): not the command
             return Outcome(128 - code, stop_failed=not stop())
         if watch_reader and _reader_gone():  # the client gave up on a closed pipe: it may live
@@ -196,7 +196,7 @@ def _reader_gone() -> bool:
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
     try:
-        proc.wait(timeout=KILL_GRACE_SECONDS)
+        docker.wait_for(proc, KILL_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -22,7 +22,6 @@ import errno
 import os
 import stat
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,8 @@ DEADLINE_COPY = 3600.0  # a tar stream of a large tree over a slow link
 
 
 if TYPE_CHECKING:
+    import tarfile  # imported where used, after the docker client is spawned (see _TarOut)
+
     from .manifest import Recorder
     from .tree import Fetch, TarTree
 
@@ -134,6 +135,8 @@ class EngineVolume:
     # --- in -------------------------------------------------------------------------------
 
     def _dir(self, name: str) -> tarfile.TarInfo:
+        import tarfile
+
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.mtime = tarfile.DIRTYPE, volume.DIR_MODE, int(time.time())
         info.uid = info.gid = self.uid
@@ -141,6 +144,8 @@ class EngineVolume:
 
     def _file(self, name: str, size: int, mode: int = volume.FILE_MODE,
               mtime: float | None = None) -> tarfile.TarInfo:
+        import tarfile
+
         info = tarfile.TarInfo(name)
         info.size, info.mode = size, mode
         info.mtime = int(time.time() if mtime is None else mtime)
@@ -242,8 +247,6 @@ class EngineVolume:
             err = _collect(proc.stderr)
             try:
                 written = _one_file(proc.stdout, parts[-1], shown, out_fd, max_size)
-            except tarfile.TarError:
-                written = -1
             finally:
                 proc.stdout.close()
                 if proc.poll() is None:
@@ -259,6 +262,8 @@ class EngineVolume:
         """/app as a tree.Source: the one tar stream of `cp REF:/app/. -` (the engine reads
         the volume, nothing runs in the image), of at most BUDGET bytes of file data, read
         once as the caller walks it. A stream cut short or refused is the cp's error."""
+        import tarfile
+
         from . import engine
         from .tree import TarTree
 
@@ -309,6 +314,7 @@ def _fetcher(ref: str) -> Fetch:
     container swapped for a link to /etc would otherwise hand over a file its user cannot
     read. Anything else there, or a member named otherwise (Podman follows a final link), is
     None. Each fetch has the copy deadline."""
+    import tarfile
     import threading
 
     from . import engine
@@ -403,10 +409,16 @@ class _TarOut:
         self.fd = fd
         self.buf = bytearray()
 
+    # tarfile (about 14 ms to import) is imported in these methods, not at the top of the
+    # module: they run once the docker client is spawned, so the import overlaps its start-up,
+    # and the bind-mode commands never load it.
+
     def add(self, info: tarfile.TarInfo, data: IO[bytes] | None = None,
             regular: bool = False) -> None:
         """Append INFO's header and, for a file, INFO.size bytes of DATA (REGULAR: DATA is
         a regular file at its offset, which sendfile may read)."""
+        import tarfile
+
         self.buf += info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
         if data is None or info.size == 0:
             return
@@ -448,37 +460,44 @@ class _TarOut:
 
     def close(self) -> None:
         """The end-of-archive marker (two zero blocks), and everything still held."""
+        import tarfile
+
         self.buf += bytes(2 * tarfile.BLOCKSIZE)
         self._flush()
 
 
 def _one_file(stream: IO[bytes], name: str, shown: str, out_fd: int, max_size: int) -> int:
     """Copy the first member of the tar STREAM to OUT_FD when it is a regular file named
-    NAME of at most MAX_SIZE bytes; -1 when the stream holds no member (cp failed).
+    NAME of at most MAX_SIZE bytes; -1 when the stream holds no member or breaks off (cp
+    failed: its stderr says why).
 
     tarfile reads only the headers, through _Exact (512-byte blocks, never beyond them), so
     the member's bytes start at the pipe's read position and go through the kernel
     (splice(2)) rather than through tarfile's 10 KB buffer and Python's copies."""
+    import tarfile  # here: after the docker client is spawned (see _TarOut)
+
     exact = _Exact(stream.fileno())
-    with tarfile.open(fileobj=cast("IO[bytes]", exact), mode="r|",
-                      bufsize=tarfile.BLOCKSIZE) as tar:
-        member = tar.next()
-        if member is None:
-            return -1
-        if member.name.removeprefix("./").rstrip("/") != name:
-            # Podman's cp follows a final link and names the member after its target.
-            raise UnsafePath(f"{shown}: is a symbolic link; refusing to follow it")
-        if not member.isreg():
-            raise UnsafePath(f"{shown}: refusing to read {_member_kind(member)}")
-        if member.size > max_size:
-            raise UnsafePath(f"{shown}: {member.size} bytes, over the read limit of "
-                             f"{volume.bytes_text(max_size)} (raise it with --max-size)")
-        if exact.taken != member.offset_data:  # tarfile read past the header: not expected
-            raise tarfile.ReadError("tar stream out of step")
-        done = _pass_on(exact.fd, out_fd, member.size)
-    if done != member.size:  # the stream ended early: the client failed or was cut off
-        raise tarfile.ReadError("tar stream ended inside the file")
-    return done
+    try:
+        with tarfile.open(fileobj=cast("IO[bytes]", exact), mode="r|",
+                          bufsize=tarfile.BLOCKSIZE) as tar:
+            member = tar.next()
+            if member is None:
+                return -1
+            if member.name.removeprefix("./").rstrip("/") != name:
+                # Podman's cp follows a final link and names the member after its target.
+                raise UnsafePath(f"{shown}: is a symbolic link; refusing to follow it")
+            if not member.isreg():
+                raise UnsafePath(f"{shown}: refusing to read {_member_kind(member)}")
+            if member.size > max_size:
+                raise UnsafePath(f"{shown}: {member.size} bytes, over the read limit of "
+                                 f"{volume.bytes_text(max_size)} (raise it with --max-size)")
+            if exact.taken != member.offset_data:  # tarfile read past the header
+                return -1
+            done = _pass_on(exact.fd, out_fd, member.size)
+    except tarfile.TarError:
+        return -1
+    # the stream ended inside the file: the client failed or was cut off
+    return done if done == member.size else -1
 
 
 class _Exact:
@@ -604,6 +623,7 @@ def root_tar(uid: int) -> bytes:
     """A tar of the one entry `.`: a folder owned by UID (Podman's `cp --archive=false` so
     hands an engine volume's root to the sandbox user)."""
     import io
+    import tarfile
 
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
