@@ -166,13 +166,17 @@ def _plain_exec(name: str, command: list[str]) -> int:
     return outcome.code
 
 
-# The options `start` and `run` take on their fast path (plain_start); any other goes to typer.
-_PLAIN_START_OPTIONS = ("--image", "--name")
+# The options `start` and `run` take on their fast path (plain_start), each with how many times
+# it may come; any other goes to typer. The egress options are here because typer's parse
+# (about 100 ms on this 2-core machine) was a third of what `--allow-host` added to a start.
+_PLAIN_START_OPTIONS = {"--image": 1, "--name": 1, "--allow-host": 64,
+                        "--egress-network": 1, "--proxy-image": 1}
 
 
-def plain_start(args: Sequence[str]) -> tuple[str, dict[str, str], list[str]] | None:
-    """(VERB, {option: value}, command) when ARGS is `start` or `run ... CMD [ARG]...` whose
-    only options are --image and --name, each at most once, as `--opt VALUE` or `--opt=VALUE`.
+def plain_start(args: Sequence[str]) -> tuple[str, dict[str, list[str]], list[str]] | None:
+    """(VERB, {option: [value, ...]}, command) when ARGS is `start` or `run ... CMD [ARG]...`
+    whose only options are those of _PLAIN_START_OPTIONS, each at most as often as it says,
+    as `--opt VALUE` or `--opt=VALUE`.
 
     Only argv that typer would read the same way qualifies, as for plain_exec: a value that is
     empty or looks like an option, a positional after `start`, a missing command, --help and
@@ -181,13 +185,14 @@ def plain_start(args: Sequence[str]) -> tuple[str, dict[str, str], list[str]] | 
     split_command_line says."""
     if not args or args[0] not in ("start", "run") or "_SANDBOX_COMPLETE" in os.environ:
         return None
-    verb, values, i = args[0], {}, 1
+    verb, i = args[0], 1
+    values: dict[str, list[str]] = {}
     while i < len(args):
         arg = args[i]
         if verb == "run" and (arg == "--" or arg == "-" or not arg.startswith("-")):
             break
         key, eq, value = arg.partition("=")
-        if key not in _PLAIN_START_OPTIONS or key in values:
+        if len(values.get(key, ())) >= _PLAIN_START_OPTIONS.get(key, 0):
             return None
         if not eq:
             if i + 1 >= len(args):
@@ -196,7 +201,7 @@ def plain_start(args: Sequence[str]) -> tuple[str, dict[str, str], list[str]] | 
             value = args[i]
         if not value or value.startswith("-"):
             return None
-        values[key] = value
+        values.setdefault(key, []).append(value)
         i += 1
     command = list(args[i:])
     if verb == "start":
@@ -206,10 +211,10 @@ def plain_start(args: Sequence[str]) -> tuple[str, dict[str, str], list[str]] | 
     return (verb, values, command) if command else None
 
 
-def _plain_start(verb: str, values: dict[str, str], command: list[str]) -> int:
-    """`sandbox start` and `sandbox run CMD...` with at most --image and --name, without
-    importing typer or building the click group (about 30 ms of a start's 70 ms of Python).
-    They do what cli.start and cli.run do with every other option left out."""
+def _plain_start(verb: str, values: dict[str, list[str]], command: list[str]) -> int:
+    """`sandbox start` and `sandbox run CMD...` with only the options of _PLAIN_START_OPTIONS,
+    without importing typer or building the click group. They do what cli.start and cli.run do
+    with every other option left out: the same flags go to the same core.resolve_start."""
     from . import core, ui
     from .state import StateStore
 
@@ -217,8 +222,15 @@ def _plain_start(verb: str, values: dict[str, str], command: list[str]) -> int:
         from . import docker
 
         docker.set_trace(ui.trace_docker)
-    flags: dict[str, object] = {"image": values.get("--image")}
-    name = values.get("--name")
+
+    def one(option: str) -> str | None:
+        return values.get(option, [None])[0]
+
+    flags: dict[str, object] = {"image": one("--image"),
+                                "allow_hosts": values.get("--allow-host"),
+                                "egress_network": one("--egress-network"),
+                                "proxy_image": one("--proxy-image")}
+    name = one("--name")
     store = StateStore()
     if verb == "start":
         from . import sandbox

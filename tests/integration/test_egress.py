@@ -663,3 +663,46 @@ def test_start_that_cannot_make_the_proxy_log_folder_leaves_nothing(tmp_path: Pa
     finally:
         (tmp_path / "home" / "egress").unlink(missing_ok=True)
         home("purge", "--all")
+
+
+def _typer_imported(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    """Whether a CLI run under PYTHONPROFILEIMPORTTIME imported typer (the lines are then
+    taken out of its stderr)."""
+    lines = proc.stderr.splitlines(keepends=True)
+    seen = any(line.startswith(b"import time:") and line.rstrip().endswith(b"| typer")
+               for line in lines)
+    proc.stderr = b"".join(line for line in lines if not line.startswith(b"import time:"))
+    return seen
+
+
+def test_plain_start_with_allow_host_skips_typer_and_matches_the_typer_path(
+        upstream: Upstream, tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    fast, slow = ("eg-" + uuid.uuid4().hex[:8] for _ in range(2))
+    egress = ["--allow-host", "allowed.example.test:8000", "--allow-host=localhost:3128",
+              "--egress-network", upstream.network]
+    profile = {"PYTHONPROFILEIMPORTTIME": "1"}
+    try:
+        quick = home("start", "--name", fast, "--image", PYTHON_IMAGE, *egress, env=profile)
+        assert not _typer_imported(quick)
+        parsed = home("start", "--name", slow, "--image", PYTHON_IMAGE, *egress, "--ttl", "1h",
+                      env=profile)
+        assert _typer_imported(parsed)
+        assert (quick.returncode, quick.stdout, quick.stderr) == (0, f"{fast}\n".encode(), b"")
+        assert (parsed.returncode, parsed.stdout, parsed.stderr) == (0, f"{slow}\n".encode(),
+                                                                     b"")
+        rows = {r["name"]: r for r in json.loads(home("ls", "--json", check=True).stdout)}
+        for key in ("allow_hosts", "network", "image", "storage"):
+            assert rows[fast][key] == rows[slow][key], key
+        assert rows[fast]["allow_hosts"] == ["allowed.example.test:8000", "localhost:3128"]
+        assert "STATUS 200" in _fetch(home, fast, "http://allowed.example.test:8000/")
+        assert "STATUS 403" in _fetch(home, fast, "http://denied.example.test:8000/")
+        # A bad value is refused the same way on both paths: one line, exit 2, nothing made.
+        bad = home("start", "--image", PYTHON_IMAGE, "--allow-host", "bad host!")
+        bad_parsed = home("start", "--image", PYTHON_IMAGE, "--allow-host", "bad host!",
+                          "--ttl", "1h")
+        assert (bad.returncode, bad.stderr) == (bad_parsed.returncode, bad_parsed.stderr)
+        assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1, bad.stderr
+    finally:
+        home("purge", "--all")
+    assert _egress_pieces(home.label()) == ([], [])
