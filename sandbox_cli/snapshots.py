@@ -627,15 +627,7 @@ def _write_member(walker: volume.DirWalker, parts: tuple[str, ...], source: IO[b
     parent = walker.dir_fd(parts[:-1], create=True)
     fd, tmp = volume._new_temp(parent, walker.owner)
     try:
-        left = size
-        while left:
-            chunk = source.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            left -= len(chunk)
+        volume.copy_stream(source.read, fd, size)
         # As root the file is the sandbox user's own: its mode as it was (no set-id bits);
         # otherwise the shared mode of copy-to (the sandbox user reaches it through the group).
         os.fchmod(fd, stat.S_IMODE(mode) & 0o777 if walker.owner is not None

@@ -108,16 +108,8 @@ class Opened:
         """At most SIZE bytes to OUT_FD (fewer if the file ends first)."""
         if self.fd >= 0:
             volume._copy_range(self.fd, out_fd, size)
-            return
-        left = size
-        while left > 0:
-            chunk = self.read(min(volume.CHUNK, left))
-            if not chunk:
-                return
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out_fd, view):]
-            left -= len(chunk)
+        else:
+            volume.copy_stream(self.read, out_fd, size)
 
     def close(self) -> None:
         if self.fd >= 0:

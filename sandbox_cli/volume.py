@@ -439,6 +439,26 @@ def copy_file_in(walker: DirWalker, dest_parts: tuple[str, ...], src_fd: int, si
         return placed if placed.st_ino == ino else None
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of DATA to FD (one os.write may take less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def copy_stream(read: Callable[[int], bytes], out_fd: int, size: int) -> int:
+    """At most SIZE bytes from READ (a file object's read) to OUT_FD, a chunk at a time, so
+    memory stays bounded; returns how many went (fewer when the source ends first)."""
+    done = 0
+    while done < size:
+        chunk = read(min(CHUNK, size - done))
+        if not chunk:
+            break
+        write_all(out_fd, chunk)
+        done += len(chunk)
+    return done
+
+
 def _copy_tapped(src: int, dst: int, size: int, tap: Callable[[bytes], None]) -> None:
     """Copy SIZE bytes (fewer if SRC shrinks) through user space, showing each chunk to TAP."""
     done = 0
@@ -447,9 +467,7 @@ def _copy_tapped(src: int, dst: int, size: int, tap: Callable[[bytes], None]) ->
         if not chunk:
             break
         tap(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view):]
+        write_all(dst, chunk)
         done += len(chunk)
 
 
