@@ -11,8 +11,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import validate
 from .errors import ConfigError, InvalidInput
@@ -22,14 +21,15 @@ DEFAULT_TTL = "1h"
 PROJECT_FILE = "sandbox.yaml"
 
 
-@dataclass
-class StartOptions:
-    """Every setting of `sandbox start`, with the locked-down defaults."""
+class StartOptions(NamedTuple):
+    """Every setting of `sandbox start`, with the locked-down defaults. A NamedTuple, not a
+    dataclass (see state.SandboxRecord): `options._replace(...)` makes a changed copy, and
+    the lists and the dict are never changed in place (the defaults are shared)."""
 
     image: str = DEFAULT_IMAGE
     network: bool = False
-    ports: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    ports: list[str] = []  # noqa: RUF012 (never changed in place: see the docstring)
+    env: dict[str, str] = {}  # noqa: RUF012
     ttl: str = DEFAULT_TTL
     keep: bool = False
     memory: str = "1g"
@@ -39,9 +39,9 @@ class StartOptions:
     tmpfs_size: str = "256m"
     disk: str = "1g"
     runtime: str | None = None
-    cap_add: list[str] = field(default_factory=list)
+    cap_add: list[str] = []  # noqa: RUF012
     storage: str = "auto"  # where /app lives: auto, bind (a host folder), volume (the engine's)
-    allow_hosts: list[str] = field(default_factory=list)  # egress by allow-list (egress.py)
+    allow_hosts: list[str] = []  # noqa: RUF012  # egress by allow-list (egress.py)
     egress_network: str | None = None
     proxy_image: str | None = None
 
@@ -136,7 +136,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "egress_network": lambda v: None if v is None else _egress().network(_as_str(v)),
     "proxy_image": lambda v: None if v is None else validate.image(_as_str(v)),
 }
-assert set(_CONVERTERS) == {f.name for f in fields(StartOptions)}
+assert set(_CONVERTERS) == set(StartOptions._fields)
 
 def _size_bytes(text: str) -> float:
     return float("inf") if text == validate.UNLIMITED else validate.size_bytes(text)
@@ -313,14 +313,13 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return settings
 
 
-@dataclass
-class ResolvedOptions:
+class ResolvedOptions(NamedTuple):
     """The options to start with, and which files contributed (for messages and doctor)."""
 
     options: StartOptions
     files: list[str]
     loosened_by_project: list[str]
-    ignored: list[str] = field(default_factory=list)  # files not owned by us (or root)
+    ignored: list[str]  # files not owned by us (or root)
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -359,8 +358,8 @@ def _apply(options: StartOptions, layer: Mapping[str, Any]) -> StartOptions:
     """OPTIONS with LAYER on top: `env` merges key by key, the rest replaces."""
     for key, value in layer.items():
         if key == "env":
-            options = replace(options, env={**options.env, **value})
+            options = options._replace(env={**options.env, **value})
         else:
-            options = replace(options, **{key: value})
+            options = options._replace(**{key: value})
     return options
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import docker, execute, sandbox, validate
@@ -82,13 +81,16 @@ def resolve_start(flags: Mapping[str, Any], warn: Talk | None = None,
     return resolved.options
 
 
-@dataclass
 class RunResult:
-    """How `run` went: the sandbox it used (gone now), and the command's outcome."""
+    """How `run` went: the sandbox it used (gone now), and the command's outcome. (A plain
+    class, as the other records on the path of start and run: see state.SandboxRecord.)"""
 
-    name: str
-    outcome: execute.Outcome | execute.ExecResult
-    code: int | None = None  # what an AFTER step (run_once) made of the command's code
+    __slots__ = ("code", "name", "outcome")
+
+    def __init__(self, name: str, outcome: execute.Outcome | execute.ExecResult,
+                 code: int | None = None) -> None:
+        self.name, self.outcome = name, outcome
+        self.code = code  # what an AFTER step (run_once) made of the command's code
 
     @property
     def exit_code(self) -> int:

@@ -34,7 +34,6 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import docker, validate
@@ -108,23 +107,27 @@ def check_options(options: StartOptions) -> None:
 
 # --- the plan: names and argv (pure) ----------------------------------------------------------
 
-@dataclass
 class Plan:
-    """The egress pieces of one sandbox."""
+    """The egress pieces of one sandbox. (A plain class, not a dataclass: see
+    state.SandboxRecord; an egress start is timed against a plain one.)"""
 
-    sandbox: str
-    home_label: str
-    network: str  # the internal network's name
-    proxy: str  # the proxy container's name
-    allow: list[str]
-    egress_network: str
-    image: str
-    user: str
-    log_dir: str
-    lifetime: int | None
-    deny: list[str] = field(default_factory=list)
-    attempt: str = ""  # docker.LABEL_ATTEMPT's value on both pieces: the start's own
-    job: _Job | None = field(default=None, repr=False, compare=False)  # see begin
+    __slots__ = ("allow", "attempt", "deny", "egress_network", "home_label", "image", "job",
+                 "lifetime", "log_dir", "network", "proxy", "sandbox", "user")
+
+    def __init__(self, sandbox: str, home_label: str,
+                 network: str,  # the internal network's name
+                 proxy: str,  # the proxy container's name
+                 allow: list[str], egress_network: str, image: str, user: str, log_dir: str,
+                 lifetime: int | None, deny: list[str] | None = None,
+                 attempt: str = "",  # docker.LABEL_ATTEMPT's value on both pieces
+                 ) -> None:
+        self.sandbox, self.home_label, self.network, self.proxy = (sandbox, home_label,
+                                                                   network, proxy)
+        self.allow, self.egress_network, self.image, self.user = (allow, egress_network,
+                                                                  image, user)
+        self.log_dir, self.lifetime, self.attempt = log_dir, lifetime, attempt
+        self.deny: list[str] = [] if deny is None else deny
+        self.job: _Job | None = None  # see begin
 
 
 def new_plan(store: StateStore, name: str, options: StartOptions, user: str,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import validate
@@ -106,9 +106,10 @@ class Session:
         if seconds > lim.max_ttl:
             raise InvalidInput(f"ttl {ttl!r} is longer than this server allows "
                                f"({lim.base.ttl})")
-        return replace(lim.base, image=chosen, network=bool(network or ports),
-                       ports=validate.distinct_ports(bound), ttl=f"{seconds}s", keep=False,
-                       allow_hosts=hosts, egress_network=lim.egress_network)
+        return lim.base._replace(image=chosen, network=bool(network or ports),
+                                 ports=validate.distinct_ports(bound), ttl=f"{seconds}s",
+                                 keep=False, allow_hosts=hosts,
+                                 egress_network=lim.egress_network)
 
     def start(self, image: str | None, network: bool, ports: Sequence[str], ttl: str | None,
               keep: bool, allow_hosts: Sequence[str] = ()) -> Sandbox:
@@ -204,7 +205,7 @@ def limits(images: Sequence[str], network: bool, max_sandboxes: int,
     folder = os.path.realpath(root or os.getcwd())
     if not os.path.isdir(folder):
         raise InvalidInput(f"--root {root!r}: not a directory")
-    base = replace(base, network=False, ports=[], keep=False, allow_hosts=[])
+    base = base._replace(network=False, ports=[], keep=False, allow_hosts=[])
     granted: list[str] = []
     if allow_hosts:
         from . import egress

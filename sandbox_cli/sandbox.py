@@ -784,9 +784,7 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
         for check in checks:
             check.cancel()
     # _create has undone the folder; the next try cannot meet the same refusal
-    import dataclasses  # StartOptions is one (config.py, loaded by every start already)
-
-    volume_options = dataclasses.replace(options, storage=VOLUME)
+    volume_options = options._replace(storage=VOLUME)
     return _create(store, options, _prepare(store, volume_options, prepared.name, ttl_seconds,
                                             None), build, progress, pull_output)
 

@@ -30,11 +30,9 @@ import re
 import stat
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import docker, validate, volume
 from .errors import DockerError, ImageError, InvalidInput, SandboxError, UnsafePath
@@ -57,15 +55,16 @@ _CONTAINER_LABELS = (docker.LABEL_MANAGED, docker.LABEL_NAME, docker.LABEL_KEEP,
                      docker.LABEL_EXPIRES, docker.LABEL_ATTEMPT)
 
 
-@dataclass
 class Walked:
-    """What went into (or came out of) a workspace tar."""
+    """What went into (or came out of) a workspace tar. (Plain classes here, not dataclasses:
+    every start loads this module for its snapshot check; see state.SandboxRecord.)"""
 
-    files: int = 0
-    dirs: int = 0
-    bytes: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    max_bytes: int | None = None  # refuse (UnsafePath) past this much file data
+    __slots__ = ("bytes", "dirs", "files", "max_bytes", "skipped")
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.files = self.dirs = self.bytes = 0
+        self.skipped: dict[str, int] = {}
+        self.max_bytes = max_bytes  # refuse (UnsafePath) past this much file data
 
     def take(self, path: str, size: int) -> None:
         """Count SIZE more bytes of file data, or refuse the snapshot past max_bytes."""
@@ -335,8 +334,7 @@ def _check_tag(store: StateStore, tag: str) -> None:
                            "SANDBOX_HOME: choose another --tag")
 
 
-@dataclass
-class Snapshot:
+class Snapshot(NamedTuple):
     """What `sandbox snapshot` made."""
 
     tag: str
@@ -372,6 +370,8 @@ def snapshot(store: StateStore, name: str, tag: str | None = None,
                   docker.LABEL_HOME_DIR: os.path.realpath(store.home),
                   LABEL_SNAPSHOT_OF: name, LABEL_SNAPSHOT_AT: now_iso()}
         text = dockerfile(committed, base, record.env_keys, labels)
+        import tempfile  # here: ~20 ms to import, and every start loads this module
+
         with tempfile.TemporaryFile(dir=store.home) as context:
             walked = _app_into(store, record, context, text, max_total)
             image_id = _build(context, chosen)
