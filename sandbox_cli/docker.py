@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
 from .errors import (
@@ -597,7 +597,8 @@ _POLL_MAX_MS = 2**31 - 1  # poll(2) takes an int of milliseconds
 def wait_for(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
     """proc.wait(timeout), woken by the child's exit itself (poll on a pidfd). Popen.wait with
     a timeout polls instead, sleeping up to 50 ms between looks: a 100 ms docker call was seen
-    as late as 150 ms. Raises subprocess.TimeoutExpired as Popen.wait does."""
+    as late as 150 ms. Raises subprocess.TimeoutExpired as Popen.wait does, and on Ctrl-C
+    gives the child (which had the same SIGINT) Popen's 0.25 s to end before re-raising."""
     if timeout is None or proc.returncode is not None:
         return proc.wait(timeout)
     try:
@@ -605,12 +606,23 @@ def wait_for(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
     except (AttributeError, OSError):  # before Linux 5.3 (or Python 3.9): Popen's own wait
         return proc.wait(timeout)
     try:
+        code = proc.poll()
+        if code is not None:  # reaped meanwhile (by another thread): the pid may be reused
+            return code
         import select  # loaded already: subprocess imports it
+        import time
 
         exited = select.poll()
         exited.register(pidfd, select.POLLIN)
-        if not exited.poll(min(_POLL_MAX_MS, max(0, int(timeout * 1000) + 1))):
-            raise subprocess.TimeoutExpired(proc.args, timeout)
+        end = time.monotonic() + timeout
+        while not exited.poll(min(_POLL_MAX_MS, max(0, int((end - time.monotonic()) * 1000)
+                                                    + 1))):
+            if time.monotonic() >= end:  # a wait longer than poll's maximum goes round again
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+    except KeyboardInterrupt:
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(0.25)
+        raise
     finally:
         os.close(pidfd)
     return proc.wait()  # the child has exited: this reaps it at once

@@ -37,3 +37,11 @@ def test_no_timeout_and_an_already_reaped_child() -> None:
     proc = subprocess.Popen(["true"])
     assert docker.wait_for(proc, None) == 0
     assert docker.wait_for(proc, 5) == 0  # reaped already: the recorded code
+
+
+def test_a_deadline_beyond_polls_maximum_is_a_plain_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """poll(2) takes at most ~24.8 days of milliseconds: a longer --timeout goes round again
+    instead of firing early (here poll's maximum is made 50 ms)."""
+    monkeypatch.setattr(docker, "_POLL_MAX_MS", 50)
+    proc = subprocess.Popen(["sleep", "0.3"])
+    assert docker.wait_for(proc, 30) == 0
