@@ -135,6 +135,16 @@ def docker_inspect(name: str, fmt: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
+def typer_imported(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    """Whether a CLI run under PYTHONPROFILEIMPORTTIME imported typer; the import lines are
+    taken out of its stderr, which is left as the user would see it."""
+    lines = proc.stderr.splitlines(keepends=True)
+    seen = any(line.startswith(b"import time:") and line.rstrip().endswith(b"| typer")
+               for line in lines)
+    proc.stderr = b"".join(line for line in lines if not line.startswith(b"import time:"))
+    return seen
+
+
 def tree_of(root: Path) -> dict[str, bytes | None]:
     """Every entry below ROOT: files with their bytes, folders as None (a link fails)."""
     found: dict[str, bytes | None] = {}

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, PYTHON_IMAGE, docker_inspect
+from tests.conftest import CLI, PYTHON_IMAGE, docker_inspect, typer_imported
 
 SERVER = "python3 -m http.server 8000"
 UDP_LISTENER = (
@@ -665,16 +665,6 @@ def test_start_that_cannot_make_the_proxy_log_folder_leaves_nothing(tmp_path: Pa
         home("purge", "--all")
 
 
-def _typer_imported(proc: subprocess.CompletedProcess[bytes]) -> bool:
-    """Whether a CLI run under PYTHONPROFILEIMPORTTIME imported typer (the lines are then
-    taken out of its stderr)."""
-    lines = proc.stderr.splitlines(keepends=True)
-    seen = any(line.startswith(b"import time:") and line.rstrip().endswith(b"| typer")
-               for line in lines)
-    proc.stderr = b"".join(line for line in lines if not line.startswith(b"import time:"))
-    return seen
-
-
 def test_plain_start_with_allow_host_skips_typer_and_matches_the_typer_path(
         upstream: Upstream, tmp_path: Path) -> None:
     home = Home(tmp_path)
@@ -684,10 +674,10 @@ def test_plain_start_with_allow_host_skips_typer_and_matches_the_typer_path(
     profile = {"PYTHONPROFILEIMPORTTIME": "1"}
     try:
         quick = home("start", "--name", fast, "--image", PYTHON_IMAGE, *egress, env=profile)
-        assert not _typer_imported(quick)
+        assert not typer_imported(quick)
         parsed = home("start", "--name", slow, "--image", PYTHON_IMAGE, *egress, "--ttl", "1h",
                       env=profile)
-        assert _typer_imported(parsed)
+        assert typer_imported(parsed)
         assert (quick.returncode, quick.stdout, quick.stderr) == (0, f"{fast}\n".encode(), b"")
         assert (parsed.returncode, parsed.stdout, parsed.stderr) == (0, f"{slow}\n".encode(),
                                                                      b"")

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import BUSYBOX_IMAGE, DOCKER, Runner
+from tests.conftest import BUSYBOX_IMAGE, DOCKER, Runner, typer_imported
 
 
 def _ordering_shim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -66,11 +66,7 @@ def _imports(sandbox: Runner, *args: str, input: bytes | None = None,
     """Run the CLI with -X importtime: (the process, whether typer was imported). The
     import lines are taken out of its stderr."""
     proc = sandbox(*args, input=input, cwd=cwd, env={"PYTHONPROFILEIMPORTTIME": "1"})
-    lines = proc.stderr.splitlines(keepends=True)
-    typer = any(line.startswith(b"import time:") and line.rstrip().endswith(b"| typer")
-                for line in lines)
-    proc.stderr = b"".join(line for line in lines if not line.startswith(b"import time:"))
-    return proc, typer
+    return proc, typer_imported(proc)
 
 
 def test_plain_start_skips_typer_and_matches_the_typer_path(
