@@ -57,12 +57,19 @@ def processes(cid: str) -> list[tuple[int, str, str]]:
     return found
 
 
-def assert_only_main_left(cid: str) -> None:
+def assert_only_main_left(cid: str, settle: float = 10.0) -> None:
     """Nothing but the container's init and its main sleep: everything the exec began is
-    gone, and the sandbox itself lives on."""
-    left = [cmd for _, _, cmd in processes(cid)]
+    gone, and the sandbox itself lives on. A process SIGKILLed a moment ago may still be
+    exiting (its memory released, so an empty command line, not yet a zombie): allow it
+    SETTLE seconds to go; one that is still there then fails the test."""
     begun = ("sleep 99", "sleep 1000", "-c", "runc")  # what the tests' execs start
-    assert len(left) == 2 and not any(w in cmd for w in begun for cmd in left), left
+    deadline = time.monotonic() + settle
+    while True:
+        left = [cmd for _, _, cmd in processes(cid)]
+        if len(left) == 2 and not any(w in cmd for w in begun for cmd in left):
+            return
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
 
 
 def engine_answers(cid: str) -> bool:
