@@ -14,13 +14,14 @@ WARNING, the rest at INFO).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from . import core, execute, sandbox, validate, volume
+from . import core, engine, execute, sandbox, validate, volume
 from .errors import InvalidInput
 from .state import StateStore
 
@@ -43,6 +44,21 @@ def _talker(on_message: Message | None) -> Message:
             logger.info("%s", line)
 
     return log
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _own_engine(call: Callable[_P, _T]) -> Callable[_P, _T]:
+    """CALL leaves the caller's thread on the engine it was on: the engine a sandbox's record
+    chose (a remote host, Podman) serves that call only, and never reaches os.environ."""
+    @functools.wraps(call)
+    def kept(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with engine.kept():
+            return call(*args, **kwargs)
+
+    return kept
 
 
 def _warner(talk: Message) -> Message:
@@ -192,6 +208,7 @@ class Sandbox:
     # --- life ------------------------------------------------------------------------
 
     @classmethod
+    @_own_engine
     def start(cls, *, image: str | None = None, name: str | None = None,
               network: bool | None = None, ports: Sequence[str] | None = None,
               env: Mapping[str, str] | None = None, ttl: str | None = None,
@@ -228,6 +245,7 @@ class Sandbox:
                    purge_on_exit=not record.keep)
 
     @classmethod
+    @_own_engine
     def attach(cls, name: str, *, home: str | None = None,
                on_message: Message | None = None) -> Sandbox:
         """A sandbox started elsewhere (by the CLI too); SandboxNotFound if there is none.
@@ -240,10 +258,12 @@ class Sandbox:
         """The seed's disablePurge: leaving `with` keeps the sandbox (it still expires)."""
         self.purge_on_exit = False
 
+    @_own_engine
     def purge(self) -> None:
         """`sandbox purge NAME`: container, folder and entry removed."""
         sandbox.purge(self._store, [self.name], report=self._talk)
 
+    @_own_engine
     def info(self) -> SandboxInfo:
         """This sandbox's `ls --json` row; SandboxNotFound when it is gone."""
         for row in list_sandboxes(home=self._store.home, on_message=self._talk):
@@ -265,6 +285,7 @@ class Sandbox:
 
     # --- commands --------------------------------------------------------------------
 
+    @_own_engine
     def exec(self, cmd: str | Sequence[str], args: Sequence[str] | None = None, *,
              stdin: str | bytes | None = None, timeout: float | str | None = None,
              env: Mapping[str, str] | None = None, workdir: str | None = None,
@@ -282,6 +303,7 @@ class Sandbox:
             timeout=core.timeout_seconds(timeout), max_capture=max_output)
         return ExecResult._from_core(result)
 
+    @_own_engine
     def exec_stream(self, cmd: str | Sequence[str], args: Sequence[str] | None = None, *,
                     stdin: str | bytes | None = None, timeout: float | str | None = None,
                     env: Mapping[str, str] | None = None,
@@ -296,6 +318,7 @@ class Sandbox:
 
     # --- files -----------------------------------------------------------------------
 
+    @_own_engine
     def write_bytes(self, path: str, data: bytes) -> int:
         """`sandbox write`: DATA to PATH (relative to /app), atomically; the bytes written."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -308,6 +331,7 @@ class Sandbox:
             raise InvalidInput("write_text takes str (write_bytes takes bytes)")
         return self.write_bytes(path, text.encode(encoding))
 
+    @_own_engine
     def read_bytes(self, path: str, max_size: int = READ_MAX_DEFAULT) -> bytes:
         """`sandbox read`: the file's bytes; refused (UnsafePath, exit code 4) when it is
         larger than MAX_SIZE, a link, a FIFO or anything but a regular file."""
@@ -326,6 +350,7 @@ class Sandbox:
         """The seed's readText."""
         return self.read_bytes(path, max_size).decode(encoding, errors)
 
+    @_own_engine
     def copy_to(self, pattern: str | Sequence[str], dest: str = ".", *,
                 exclude: Sequence[str] = (), source_root: str | None = None,
                 use_gitignore: bool = True) -> CopyResult:
@@ -340,11 +365,13 @@ class Sandbox:
         return CopyResult(summary.files, summary.bytes, summary.destination,
                           summary.skipped_links)
 
+    @_own_engine
     def disconnect(self) -> list[str]:
         """`sandbox disconnect`: off every network; the networks it left."""
         return sandbox.disconnect(self._store, self.name)
 
 
+@_own_engine
 def list_sandboxes(*, home: str | None = None,
                    on_message: Message | None = None) -> list[SandboxInfo]:
     """`sandbox ls --json`, as objects (this home's sandboxes, expired ones included)."""

@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import docker, validate
+from . import docker, engine, validate
 from .errors import DockerError, InvalidInput, SandboxNotFound
 from .state import StateStore, now_iso
 
@@ -110,7 +110,8 @@ def launch(store: StateStore, name: str, command: Sequence[str], *,
     try:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
-                         cwd="/")  # holds no folder of yours busy
+                         cwd="/",  # holds no folder of yours busy
+                         env=engine.client_env())  # its docker goes to the sandbox's engine
     finally:
         for fd in fds:
             os.close(fd)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
+from . import engine
 from .errors import (
     DockerError,
     DockerUnavailable,
@@ -39,8 +40,16 @@ SLEEP_FOREVER = "2147483647"  # seconds; `sleep infinity` is not understood by e
 
 
 def docker_binary() -> str:
-    """The docker client to run, as an absolute path when it can be found: $SANDBOX_DOCKER,
-    else `docker`, looked up in our own PATH (never in an environment built for a child)."""
+    """The docker client to run: the one a sandbox's record chose for this thread's calls
+    (engine.use), else environment_binary()."""
+    chosen = engine.chosen()
+    return chosen.binary if chosen is not None else environment_binary()
+
+
+def environment_binary() -> str:
+    """The client the environment names, as an absolute path when it can be found:
+    $SANDBOX_DOCKER, else `docker`, looked up in our own PATH (never in an environment built
+    for a child)."""
     chosen = os.environ.get("SANDBOX_DOCKER") or "docker"
     if os.sep in chosen:
         return chosen
@@ -547,6 +556,7 @@ def _daemon_answers() -> bool:
     try:
         proc = subprocess.run([docker_binary(), "version", "--format", "{{.Server.Version}}"],
                               capture_output=True, stdin=subprocess.DEVNULL,
+                              env=engine.client_env(),
                               timeout=DEADLINE_PROBE)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -565,7 +575,7 @@ def run_docker(argv: Sequence[str], *, env: dict[str, str] | None = None,
     try:
         proc = subprocess.run(
             list(argv), input=input_bytes.decode() if input_bytes is not None else None,
-            capture_output=True, text=True, env=env, errors="replace",
+            capture_output=True, text=True, env=engine.client_env(env), errors="replace",
             stdin=None if input_bytes is not None else subprocess.DEVNULL, timeout=seconds,
         )
     except FileNotFoundError:
@@ -584,6 +594,7 @@ def popen_docker(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[byte
     waits for it bounds the wait (wait_docker, or the exec timeout)."""
     _trace(argv)
     try:
+        kwargs["env"] = engine.client_env(kwargs.get("env"))  # type: ignore[arg-type]
         return subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload, no-any-return]
     except FileNotFoundError:
         raise DockerUnavailable(

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 DOCKER, PODMAN = "docker", "podman"
 # Runtimes whose processes on the host are not the container's (a user-space kernel).
@@ -213,23 +217,61 @@ def error_line(text: str) -> str:
 
 # --- detection ------------------------------------------------------------------------------
 
-_current: Engine | None = None
+_detected: Engine | None = None  # the environment's engine, detected once per process
+
+
+class _Chosen(threading.local):
+    """The engine this thread's docker calls go to when a sandbox's record chose one (`use`).
+    Per thread, never in os.environ: the API and the MCP server run calls about sandboxes on
+    different engines side by side, and the process's environment is the user's."""
+
+    engine: Engine | None = None
+
+
+_chosen = _Chosen()
 
 
 def current() -> Engine:
-    """The engine the environment points at (cached for this process)."""
-    global _current
-    if _current is None:
-        _current = detect()
-    return _current
+    """The engine this thread's docker calls go to: a record's (`use`), else the one the
+    environment points at (detected once)."""
+    global _detected
+    if _chosen.engine is not None:
+        return _chosen.engine
+    if _detected is None:
+        _detected = detect()
+    return _detected
+
+
+def chosen() -> Engine | None:
+    """The engine a record chose for this thread's calls, or None (the environment's)."""
+    return _chosen.engine
+
+
+def client_env(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The environment for a docker client (ENV, default ours) pointed at this thread's chosen
+    engine: its DOCKER_HOST or context, and SANDBOX_DOCKER for our own helpers; None (inherit
+    ours) when no record chose one and ENV is None."""
+    picked = _chosen.engine
+    if picked is None:
+        return None if env is None else dict(env)
+    out = dict(os.environ if env is None else env)
+    out["SANDBOX_DOCKER"] = picked.binary
+    if picked.kind == DOCKER:
+        if picked.host and not picked.host.startswith("context "):
+            out["DOCKER_HOST"] = picked.host
+            out.pop("DOCKER_CONTEXT", None)
+        else:
+            out.pop("DOCKER_HOST", None)
+            out["DOCKER_CONTEXT"] = picked.context or "default"
+    return out
 
 
 def detect(environ: dict[str, str] | None = None) -> Engine:
     """The engine ENVIRON (default: ours) points at; no subprocess."""
-    from .docker import docker_binary
+    from .docker import environment_binary
 
     env = os.environ if environ is None else environ
-    binary = docker_binary()
+    binary = environment_binary()
     if _is_podman(binary):
         return Engine(PODMAN, binary, env.get("CONTAINER_HOST", ""))
     context = env.get("DOCKER_CONTEXT", "") or _config_context(env)
@@ -300,38 +342,47 @@ def from_options(options: dict[str, object]) -> Engine | None:
 
 
 @contextmanager
-def using(engine: Engine) -> Iterator[Engine]:
-    """Point this process's docker calls at ENGINE for the block (as `use`), then back at
-    the engine they pointed at before (environment and cache restored)."""
-    global _current
-    keys = ("SANDBOX_DOCKER", "DOCKER_HOST", "DOCKER_CONTEXT")
-    saved, before = {key: os.environ.get(key) for key in keys}, _current
+def using(engine: Engine | None) -> Iterator[Engine]:
+    """This thread's docker calls go to ENGINE (None: the environment's) for the block, then
+    to the engine they went to before."""
+    before = _chosen.engine
+    _chosen.engine = engine
     try:
-        yield use(to_options(engine))
+        yield current()
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _current = before
+        _chosen.engine = before
+
+
+@contextmanager
+def kept() -> Iterator[None]:
+    """An API call's engine scope: the environment is read afresh (the caller may have
+    changed DOCKER_HOST since the last call), and whatever engine `use` chooses inside the
+    block is this thread's for the block only (a `start` after an `attach` to a sandbox on
+    another engine still goes to the environment's)."""
+    global _detected
+    _detected = None
+    with using(_chosen.engine):
+        yield
+
+
+def carry(work: Callable[_P, _T]) -> Callable[_P, _T]:
+    """WORK, bound to this thread's engine now: for work done later or on another thread
+    (an exec stream's timeout kill, its end report)."""
+    engine = _chosen.engine
+
+    def bound(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with using(engine):
+            return work(*args, **kwargs)
+
+    return bound
 
 
 def use(options: dict[str, object]) -> Engine:
-    """Point this process's docker calls at the engine a state entry recorded (its client,
+    """Point this thread's docker calls at the engine a state entry recorded (its client,
     DOCKER_HOST, context), whatever the environment says now; returns it. An entry without
-    one keeps the environment's."""
-    global _current
+    one keeps the current engine."""
     recorded = from_options(options)
     if recorded is None:
         return current()
-    os.environ["SANDBOX_DOCKER"] = recorded.binary
-    if recorded.kind == DOCKER:
-        if recorded.host and not recorded.host.startswith("context "):
-            os.environ["DOCKER_HOST"] = recorded.host
-            os.environ.pop("DOCKER_CONTEXT", None)
-        else:
-            os.environ.pop("DOCKER_HOST", None)
-            os.environ["DOCKER_CONTEXT"] = recorded.context or "default"
-    _current = recorded
+    _chosen.engine = recorded
     return recorded

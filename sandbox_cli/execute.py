@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, TypeVar
 
-from . import docker
+from . import docker, engine
 from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, SandboxNotFound, Signalled
 from .state import StateStore
 
@@ -459,7 +459,6 @@ def _target(store: StateStore, name: str, command: Sequence[str]) -> _Target:
     if not command or not command[0]:
         raise InvalidInput("no command given")
     # By id, not name: a container of the same name from another home is never entered.
-    from . import engine
     from .sandbox import container_ref, require
 
     record = require(store, name)  # also points our docker calls at the recorded engine
@@ -511,8 +510,6 @@ def finish_report(outcome: Result, target: str, began: float, memory: str,
     """After an exec or run: tell a dead or unreachable sandbox from a failed command (CHECK),
     and learn whether a 137 was the OOM killer."""
     code = outcome.exit_code if isinstance(outcome, ExecResult) else outcome.code
-    from . import engine
-
     if (check is not None and code in engine.current().exec_failures()
             and not outcome.not_started):
         check()
@@ -587,9 +584,12 @@ def exec_chunks(store: StateStore, name: str, command: Sequence[str], *,
             return finish_report(outcome, target.ref, began, target.memory,
                                  check=lambda: _require_running(target.ref, name))
 
+        # The kill runs on the waiter thread and the report when the caller has read it all,
+        # maybe after the API call returned: both go to this sandbox's engine.
         return ChunkStream(argv, data=data, timeout=timeout,
-                           stop=lambda: kill_in_container(target.ref, tag, target.user),
-                           command=command, done=done)
+                           stop=engine.carry(lambda: kill_in_container(target.ref, tag,
+                                                                       target.user)),
+                           command=command, done=engine.carry(done))
     except BaseException:
         files.close()
         raise

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,7 +49,6 @@ def _rows(sandbox: Runner) -> dict[str, dict]:
 def test_ls_and_purge_reach_each_sandbox_on_its_own_engine(docker_engine: None,
                                                            sandbox: Runner, home: Path,
                                                            remote_env: dict[str, str]) -> None:
-    # (SANDBOX_DOCKER and DOCKER_CONTEXT may be left set by the in-process API tests.)
     if os.environ.get("DOCKER_HOST") or "podman" in os.environ.get("SANDBOX_DOCKER", ""):
         pytest.fail("run this test with the main engine as the environment's")
     here = {"SANDBOX_IMAGE": BUSYBOX_IMAGE}
@@ -85,3 +87,86 @@ def test_ls_and_purge_reach_each_sandbox_on_its_own_engine(docker_engine: None,
     finally:
         sandbox("purge", "--all", env=there)
         sandbox("purge", "--all", env=here)
+
+
+ENGINE_KEYS = ("SANDBOX_DOCKER", "DOCKER_HOST", "DOCKER_CONTEXT")
+
+
+def test_api_calls_keep_each_sandbox_on_its_engine_and_the_environment_untouched(
+        docker_engine: None, home: Path, remote_env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process, sandboxes on two engines: a call about one never moves the next call (or
+    another thread's) to the other engine, and os.environ stays the user's. An attach to the
+    far sandbox used to leave DOCKER_HOST pointing there: the next start went to the far
+    engine, a purge removed the wrong one's record and left its container."""
+    import sandbox_cli
+
+    monkeypatch.setenv("SANDBOX_IMAGE", BUSYBOX_IMAGE)
+    monkeypatch.setenv("DOCKER_HOST", remote_env["DOCKER_HOST"])
+    far = sandbox_cli.Sandbox.start(name="far")
+    monkeypatch.delenv("DOCKER_HOST")
+    before = {key: os.environ.get(key) for key in ENGINE_KEYS}
+    try:
+        assert sandbox_cli.Sandbox.attach("far").exec(["echo", "far"]).stdout == "far\n"
+        assert {key: os.environ.get(key) for key in ENGINE_KEYS} == before
+        near = sandbox_cli.Sandbox.start(name="near")  # the environment's engine, not far's
+        here_ids = _docker_on({}, "ps", "-q", "--no-trunc").split()
+        there_ids = _docker_on(remote_env, "ps", "-q", "--no-trunc").split()
+        assert near.info().container_id in here_ids and near.info().engine is None
+        assert far.info().container_id in there_ids
+
+        # Side by side on two threads: each exec reaches its own sandbox every time.
+        failures: list[str] = []
+
+        def loop(box: sandbox_cli.Sandbox, word: str) -> None:
+            for _ in range(15):
+                result = box.exec(["echo", word])
+                if result.stdout != f"{word}\n":
+                    failures.append(f"{word}: {result.exit_code} {result.stderr}")
+
+        threads = [threading.Thread(target=loop, args=(box, box.name)) for box in (far, near)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not failures, failures[:3]
+
+        # A stream read after other calls: its timeout kill still goes to far's engine.
+        with far.exec_stream(["sh", "-c", "echo go; sleep 77"], timeout=2) as stream:
+            assert near.exec(["true"]).exit_code == 0
+            assert b"".join(chunk for _, chunk in stream) == b"go\n"
+            assert (stream.result.exit_code, stream.result.timed_out) == (124, True)
+        left = _docker_on(remote_env, "exec", far.info().container_id, "ps", "-o", "args")
+        assert "sleep 77" not in left and "sleep" in left, left  # its main sleep lives
+
+        for box in (far, near):
+            box.purge()
+        assert sandbox_cli.list_sandboxes() == []
+        assert _docker_on({}, "ps", "-aq", "--filter", "label=sandbox-cli.name=near") == ""
+        assert _docker_on(remote_env, "ps", "-aq", "--filter", "label=sandbox-cli.name=far") == ""
+        assert {key: os.environ.get(key) for key in ENGINE_KEYS} == before
+    finally:
+        for name in ("far", "near"):
+            subprocess.run([sys.executable, "-m", "sandbox_cli", "purge", name],
+                           capture_output=True, timeout=120)
+
+
+def test_background_exec_runs_on_the_sandbox_engine(docker_engine: None, sandbox: Runner,
+                                                    remote_env: dict[str, str]) -> None:
+    """`exec -d` from the main engine's environment: the detached relay (a process of its
+    own) is handed the far sandbox's engine, and its command runs there."""
+    here = {"SANDBOX_IMAGE": BUSYBOX_IMAGE}
+    far = sandbox("start", "--name", "far-bg", env={**here, **remote_env},
+                  check=True).stdout.decode().strip()
+    try:
+        ident = sandbox("exec", "-d", far, "sh", "-c", "echo from-far; hostname",
+                        env=here, check=True).stdout.decode().strip()
+        logs = b""
+        for _ in range(100):
+            logs = sandbox("logs", far, ident, env=here, check=True).stdout
+            if logs.count(b"\n") >= 2:
+                break
+            time.sleep(0.1)
+        assert logs == b"from-far\nfar-bg\n", logs  # (the main engine has no such container)
+    finally:
+        sandbox("purge", far, env=here)
