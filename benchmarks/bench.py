@@ -674,11 +674,17 @@ def table(results: Sequence[Result]) -> str:
             continue
         rows.append((label, fmt(r.sandbox_median, r.unit), fmt(r.docker_median, r.unit),
                      f"{r.ratio:.2f}x", goal, met))
-    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """ROWS as a text table: the first row a header ruled off below it, the first LEFT
+    columns left-aligned and the rest (figures) right-aligned."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, len(head))]
-        lines.append("  ".join(cells))
+        lines.append("  ".join(cell.ljust(widths[c]) if c < left else cell.rjust(widths[c])
+                               for c, cell in enumerate(row)))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench import find_sandbox  # noqa: E402
+from bench import aligned, find_sandbox  # noqa: E402
 
 ENGINES = ("main", "remote", "gvisor", "podman", "ssh", "ssh-mux")
 STEPS = ("start", "exec", "purge")
@@ -225,14 +225,7 @@ def table(rows: Sequence[Row]) -> str:
             " / ".join(ms(d.median(x)) for x in STEPS),
             f"{ms(s.cycle())} ms", f"{ms(d.cycle())} ms", f"{s.cycle() / d.cycle():.2f}x",
             f"{r.load[0]:.1f}-{r.load[1]:.1f}"))
-    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(widths[c]) if c < 2 else cell.rjust(widths[c])
-                             for c, cell in enumerate(line)))
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return aligned(lines, left=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
