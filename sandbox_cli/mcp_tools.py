@@ -62,21 +62,8 @@ class CopyOutput(TypedDict):
     destination: str
     skipped_links: int
 
-class Listed(TypedDict):
-    name: str
-    container_id: str
-    image: str
-    status: str
-    volume: str
-    network: bool
-    ports: list[str]
-    keep: bool
-    created_at: str
-    expires_at: str | None
-    files_until: str | None
-
 class ListResult(TypedDict):
-    sandboxes: list[Listed]
+    sandboxes: list[api.SandboxInfo]  # the `ls --json` row, one definition for both faces
 
 class DisconnectResult(TypedDict):
     name: str
@@ -217,8 +204,7 @@ def build_server(session: Session) -> MCPServer[None]:
             rows = api.list_sandboxes(home=session.home, on_message=_log)
         except SandboxError as exc:
             raise _fail(exc) from None
-        return ListResult(sandboxes=[Listed(**row.to_json())  # type: ignore[typeddict-item]
-                                     for row in rows if row.name in mine])
+        return ListResult(sandboxes=[row for row in rows if row.name in mine])
 
     @server.tool(description="Detach a sandbox from every network.")
     def disconnect(name: Name) -> DisconnectResult:

@@ -17,6 +17,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from sandbox_cli.api import SandboxInfo
 from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
@@ -91,6 +92,9 @@ def test_session_does_what_the_seed_shows(home: Path, root: Path) -> None:
         exec_tool = next(tool for tool in tools.tools if tool.name == "exec")
         assert exec_tool.input_schema["properties"]["command"]["type"] == "array"
         assert exec_tool.output_schema is not None
+        list_tool = next(tool for tool in tools.tools if tool.name == "list")
+        row_schema = next(iter(list_tool.output_schema["$defs"].values()))
+        assert set(row_schema["properties"]) == set(SandboxInfo.__dataclass_fields__)
 
         name = (await _call(client, "start", image=PYTHON_IMAGE))["name"]
         ran = await _call(client, "exec", name=name, command=["python3", "--version"])
@@ -121,6 +125,7 @@ def test_session_does_what_the_seed_shows(home: Path, root: Path) -> None:
 
         listed = (await _call(client, "list"))["sandboxes"]
         assert [row["name"] for row in listed] == [name]
+        assert listed == _left(home)  # every field of `ls --json`, as the CLI prints it
         assert await _call(client, "disconnect", name=name) == {"name": name,
                                                                 "disconnected": []}
         assert await _call(client, "purge", name=name) == {"removed": [name]}
