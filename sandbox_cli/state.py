@@ -72,9 +72,21 @@ def home_dir() -> str:
 
 def home_label(home: str) -> str:
     """A short id for a home folder, put on containers so homes never purge each other's."""
-    import hashlib  # here: loading OpenSSL costs ~2 ms, and only start, ls and purge need it
+    return _sha256_hex(os.path.realpath(home).encode())[:16]
 
-    return hashlib.sha256(os.path.realpath(home).encode()).hexdigest()[:16]
+
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 of DATA by CPython's built-in module when there is one (`_sha256`, `_sha2`
+    from 3.12): hashlib loads OpenSSL first, ~2.5 ms on every command in a home that holds an
+    engine-volume sandbox (its volume's name is checked against this home's label)."""
+    for module in ("_sha256", "_sha2"):
+        try:
+            return str(__import__(module).sha256(data).hexdigest())
+        except ImportError:
+            continue
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def now_iso() -> str:

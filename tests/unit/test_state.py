@@ -133,3 +133,14 @@ def test_lock_wait_gives_up_with_the_holder(tmp_path: Path,
         os.close(held)
     with store.transaction() as records:  # free again
         records["box"] = _record("box")
+
+
+def test_home_label_is_the_sha256_prefix_every_version_put_on_containers(tmp_path: Path) -> None:
+    """The label is on live containers and volumes: the built-in SHA-256 that spares loading
+    OpenSSL must give the very value hashlib gave."""
+    import hashlib
+    import os
+
+    for home in (str(tmp_path), "/", str(tmp_path / "é ü")):
+        want = hashlib.sha256(os.path.realpath(home).encode()).hexdigest()[:16]
+        assert home_label(home) == want
