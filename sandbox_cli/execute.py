@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, TypeVar
+from typing import IO, NamedTuple, TypeVar
 
 from . import docker, engine
 from .errors import EXIT_TIMEOUT, InvalidInput, SandboxError, SandboxNotFound, Signalled
@@ -228,12 +228,11 @@ def stream(argv: Sequence[str], *, stdin: bool, timeout: float | None, stop: Sto
     assert source is not None
     _widen(source.fileno())
     held = bytearray()
-    relay = threading.Thread(target=_relay, args=(source.fileno(), fd, marker, held),
-                             daemon=True)
+    relay = threading.Thread(target=_relay, args=(source, fd, marker, held), daemon=True)
     relay.start()
     outcome = _finish(proc, timeout, stop)
     relay.join(timeout=KILL_GRACE_SECONDS)
-    source.close()
+    source.close()  # a no-op when the relay closed it (a file object closes its fd once)
     failed = _not_started(outcome.code, bytes(held), marker, command)
     if failed is not None:
         return outcome._replace(code=failed[0], not_started=failed[1])
@@ -255,10 +254,13 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
 
 
-def _relay(source: int, target: int, marker: bytes, held: bytearray) -> None:
-    """Copy SOURCE to TARGET as it comes. Output that begins with MARKER is kept in HELD
+def _relay(pipe: IO[bytes], target: int, marker: bytes, held: bytearray) -> None:
+    """Copy PIPE to TARGET as it comes. Output that begins with MARKER is kept in HELD
     instead (the caller decides once the exit code is known). When TARGET's reader has gone,
-    stop reading: the docker client then meets the closed pipe itself, as it would unrelayed."""
+    close PIPE: the docker client then meets the closed pipe itself, as it would unrelayed.
+    (Closed through its file object, never by its bare fd: the caller's close of it must not
+    close that number again, by then maybe another file's.)"""
+    source = pipe.fileno()
     start = b""
     deciding = True
     while True:
@@ -290,11 +292,11 @@ def _relay(source: int, target: int, marker: bytes, held: bytearray) -> None:
             chunk = bytes(held)
             held.clear()
         if not _write_all(target, chunk):
-            os.close(source)
+            pipe.close()
             return
         if not held:  # decided: the rest goes through the kernel, not through Python
             if not _splice_all(source, target):
-                os.close(source)
+                pipe.close()
             return
 
 

@@ -47,9 +47,14 @@ def test_run_into_a_closed_pipe_leaves_no_container(docker_engine: None, home: P
 
 
 def test_exec_into_a_closed_pipe_stops_the_command(box: str, sandbox: Runner) -> None:
-    pipeline = f"{' '.join(CLI)} exec {box} yes exec-pipe | head -1"
-    out = subprocess.run(["sh", "-c", pipeline], capture_output=True, timeout=60)
+    """As `docker exec ... | head -1`: the command dies of SIGPIPE, exit 141, and nothing of
+    ours on stderr (the relay once closed the pipe's fd twice: `error: Bad file
+    descriptor`, exit 1, and a close of whatever file had got that number meanwhile)."""
+    pipeline = (f"{' '.join(CLI)} exec {box} yes exec-pipe | head -1; "
+                'echo "status=${PIPESTATUS[0]}" >&2')
+    out = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60)
     assert out.stdout == b"exec-pipe\n"
+    assert out.stderr == b"status=141\n", out.stderr
     ps = sandbox("exec", box, "ps", check=True).stdout.decode()
     assert "exec-pipe" not in ps
 
