@@ -410,9 +410,13 @@ class _Job:
         self.network_error: BaseException | None = None
         self.proxy_id = ""
         self.proxy_error: BaseException | None = None
-        self.threads = [threading.Thread(target=self._network, name="egress-network",
-                                         daemon=True),
-                        threading.Thread(target=self._proxy, name="egress-proxy", daemon=True)]
+        from . import engine
+
+        # Each thread's docker calls go where the caller's do (engine.carry).
+        self.threads = [threading.Thread(target=engine.carry(self._network),
+                                         name="egress-network", daemon=True),
+                        threading.Thread(target=engine.carry(self._proxy), name="egress-proxy",
+                                         daemon=True)]
 
     def start(self) -> None:
         for thread in self.threads:

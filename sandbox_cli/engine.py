@@ -232,14 +232,20 @@ _chosen = _Chosen()
 
 
 def current() -> Engine:
-    """The engine this thread's docker calls go to: a record's (`use`), else the one the
-    environment points at (detected once)."""
+    """The engine this thread's docker calls go to: a record's (`use`), else the
+    environment's."""
+    picked = _chosen.engine
+    return picked if picked is not None else environment()
+
+
+def environment() -> Engine:
+    """The engine the environment points at (detected once, until an API call's `kept`),
+    whatever a record chose for this thread."""
     global _detected
-    if _chosen.engine is not None:
-        return _chosen.engine
-    if _detected is None:
-        _detected = detect()
-    return _detected
+    found = _detected  # one read: another thread's kept() may reset it meanwhile
+    if found is None:
+        found = _detected = detect()
+    return found
 
 
 def chosen() -> Engine | None:
@@ -249,20 +255,24 @@ def chosen() -> Engine | None:
 
 def client_env(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
     """The environment for a docker client (ENV, default ours) pointed at this thread's chosen
-    engine: its DOCKER_HOST or context, and SANDBOX_DOCKER for our own helpers; None (inherit
-    ours) when no record chose one and ENV is None."""
+    engine: its DOCKER_HOST or context (Podman: CONTAINER_HOST), and SANDBOX_DOCKER for our
+    own helpers; None (inherit ours) when no record chose one and ENV is None."""
     picked = _chosen.engine
     if picked is None:
         return None if env is None else dict(env)
     out = dict(os.environ if env is None else env)
     out["SANDBOX_DOCKER"] = picked.binary
-    if picked.kind == DOCKER:
-        if picked.host and not picked.host.startswith("context "):
-            out["DOCKER_HOST"] = picked.host
-            out.pop("DOCKER_CONTEXT", None)
+    if picked.kind == PODMAN:  # podman goes remote whenever CONTAINER_HOST is set
+        if picked.host:
+            out["CONTAINER_HOST"] = picked.host
         else:
-            out.pop("DOCKER_HOST", None)
-            out["DOCKER_CONTEXT"] = picked.context or "default"
+            out.pop("CONTAINER_HOST", None)
+    elif picked.host and not picked.host.startswith("context "):
+        out["DOCKER_HOST"] = picked.host
+        out.pop("DOCKER_CONTEXT", None)
+    else:
+        out.pop("DOCKER_HOST", None)
+        out["DOCKER_CONTEXT"] = picked.context or "default"
     return out
 
 

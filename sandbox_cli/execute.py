@@ -589,8 +589,8 @@ def exec_chunks(store: StateStore, name: str, command: Sequence[str], *,
         # The kill runs on the waiter thread and the report when the caller has read it all,
         # maybe after the API call returned: both go to this sandbox's engine.
         return ChunkStream(argv, data=data, timeout=timeout,
-                           stop=engine.carry(lambda: kill_in_container(target.ref, tag,
-                                                                       target.user)),
+                           stop=engine.carry(lambda: kill_in_container(
+                               target.ref, tag, target.user, target.host_kill)),
                            command=command, done=engine.carry(done))
     except BaseException:
         files.close()

@@ -122,14 +122,15 @@ class Session:
                 raise InvalidInput(f"this server runs at most {self.limits.max_sandboxes} "
                                    "sandboxes at once: purge one first")
             self._starting += 1
-        from . import api, sandbox
+        from . import api, engine, sandbox
         from .state import StateStore
 
         try:
             store = StateStore(self.home)
             talk = _log
-            record = sandbox.start(store, options, progress=talk, report=talk,
-                                   pull_output=False)
+            with engine.kept():  # as every API call: this worker thread's engine untouched
+                record = sandbox.start(store, options, progress=talk, report=talk,
+                                       pull_output=False)
             box = api.Sandbox(record.name, home=self.home, on_message=talk)
         finally:
             with self._lock:

@@ -137,10 +137,16 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
     sandbox cannot hang those): end the containers of expired sandboxes (Docker has normally
     removed them already; one that stopped its own sleep has not), then remove the folders and
     entries of those expired more than EXPIRED_FILES_SECONDS ago, each announced through
-    REPORT. A failure is reported and the sweep goes on. Returns the names removed."""
+    REPORT. A failure is reported and the sweep goes on. Returns the names removed.
+    Only sandboxes on the environment's engine: one on another engine is left to `purge`
+    (which asks each engine, within a deadline) or to a sweep run where the environment
+    points at its engine. A sweep so never waits on another engine, nor acts on the wrong
+    one (whose "no such container" would have dropped a record and left its volume)."""
     now = time.time()
     records = store.load()
-    expired = {name: rec for name, rec in records.items() if rec.expired(now)}
+    here = engine.environment()
+    expired = {name: rec for name, rec in records.items()
+               if rec.expired(now) and engine.from_options(rec.options) in (None, here)}
     if not expired:
         return []
     ended = _end_expired_containers(store, expired, report)
@@ -378,7 +384,8 @@ class _PendingCap:
         import threading
 
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread = threading.Thread(target=engine.carry(self._run), args=(work,),
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, work: Callable[[], object]) -> None:

@@ -194,11 +194,12 @@ def cpus(value: float) -> float:
 
 
 def _local_engine() -> bool:
-    """True when the docker daemon runs on this machine (no remote DOCKER_HOST or context),
-    so that this machine's CPU count is the daemon's."""
-    host = os.environ.get("DOCKER_HOST", "")
-    context = os.environ.get("DOCKER_CONTEXT", "")
-    return (not host or host.startswith(("unix://", "npipe://"))) and context in ("", "default")
+    """True when the engine a new sandbox goes to (the environment's: DOCKER_HOST, context,
+    Podman's CONTAINER_HOST) runs on this machine, so that this machine's CPU count is the
+    engine's."""
+    from . import engine
+
+    return engine.detect().local
 
 
 def host_cpus(value: float) -> float:

@@ -85,6 +85,23 @@ def test_exec_stdin_exit_codes_and_timeout(ebox, sandbox: Runner) -> None:
     assert sandbox("exec", name, "true").returncode == 0  # the sandbox itself lives on
 
 
+def test_api_exec_stream_timeout_ends_the_orphan_and_spares_the_sandbox(
+        ebox, sandbox: Runner) -> None:
+    """The API's streamed exec ends on timeout as the CLI's exec does: the same kill, with
+    the host-side one only where the engine allows it (under gVisor, signalling runsc's
+    host threads would end the sandbox itself)."""
+    from sandbox_cli import Sandbox
+
+    name = ebox()
+    command = ["sh", "-c", "echo go; env -i setsid sleep 314 & sleep 61"]
+    with Sandbox.attach(name).exec_stream(command, timeout=2) as stream:
+        assert b"".join(chunk for _, chunk in stream) == b"go\n"
+        assert (stream.result.exit_code, stream.result.timed_out) == (124, True)
+    left = sandbox("exec", name, "ps", "-o", "args", check=True).stdout.decode()
+    assert "sleep 314" not in left and "sleep 61" not in left
+    assert sandbox("exec", name, "true").returncode == 0  # the sandbox itself lives on
+
+
 def test_write_read_binary_one_megabyte(ebox, sandbox: Runner) -> None:
     name = ebox()
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value

@@ -170,3 +170,29 @@ def test_background_exec_runs_on_the_sandbox_engine(docker_engine: None, sandbox
         assert logs == b"from-far\nfar-bg\n", logs  # (the main engine has no such container)
     finally:
         sandbox("purge", far, env=here)
+
+
+def test_sweep_leaves_an_expired_sandbox_of_another_engine_to_purge(
+        docker_engine: None, sandbox: Runner, home: Path, remote_env: dict[str, str]) -> None:
+    """`ls` from the main engine's environment sweeps only that engine's sandboxes: an
+    expired one on the remote engine, past its files' grace, keeps its record (it used to be
+    dropped, "expired far removed", its engine volume left on the remote engine for good);
+    a bare purge then removes it there."""
+    here = {"SANDBOX_IMAGE": BUSYBOX_IMAGE}
+    far = sandbox("start", "--name", "far-old", env={**here, **remote_env},
+                  check=True).stdout.decode().strip()
+    try:
+        volume_name = _rows(sandbox)[far]["volume"].split(":", 1)[1]
+        state = home / "state.json"
+        data = json.loads(state.read_text())
+        data["sandboxes"][far]["expires_at"] = "2020-01-01T00:00:00Z"  # long past, files too
+        state.write_text(json.dumps(data))
+        listed = sandbox("ls", "--json", env=here, check=True)
+        assert b"removed" not in listed.stderr, listed.stderr
+        assert far in _rows(sandbox)
+        assert volume_name in _docker_on(remote_env, "volume", "ls", "-q").split()
+        sandbox("purge", env=here, check=True)
+        assert far not in _rows(sandbox)
+        assert volume_name not in _docker_on(remote_env, "volume", "ls", "-q").split()
+    finally:
+        sandbox("purge", far, env={**here, **remote_env})
