@@ -248,6 +248,12 @@ def environment() -> Engine:
     return found
 
 
+def same_daemon(one: Engine, other: Engine) -> bool:
+    """ONE and OTHER reach the same engine, whatever client each runs (a wrapper script or
+    another path to docker talks to the same daemon)."""
+    return (one.kind, one.host, one.context) == (other.kind, other.host, other.context)
+
+
 def chosen() -> Engine | None:
     """The engine a record chose for this thread's calls, or None (the environment's)."""
     return _chosen.engine

@@ -146,7 +146,7 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
     records = store.load()
     here = engine.environment()
     expired = {name: rec for name, rec in records.items()
-               if rec.expired(now) and engine.from_options(rec.options) in (None, here)}
+               if rec.expired(now) and _on_engine(rec, here)}
     if not expired:
         return []
     ended = _end_expired_containers(store, expired, report)
@@ -172,6 +172,13 @@ def sweep(store: StateStore, report: Report | None = None) -> list[str]:
         _say(report, f"expired {name} removed (its folder, {files} file{'s' * (files != 1)}, "
              f"{human_bytes(tally.bytes)})")
     return claimed
+
+
+def _on_engine(record: SandboxRecord, here: engine.Engine) -> bool:
+    """RECORD's sandbox lives on the engine HERE reaches (a record of an older version, with
+    no engine, is taken to be the environment's)."""
+    recorded = engine.from_options(record.options)
+    return recorded is None or engine.same_daemon(recorded, here)
 
 
 def _end_expired_containers(store: StateStore, expired: dict[str, SandboxRecord],

@@ -24,6 +24,17 @@ CLI = [sys.executable, "-m", "sandbox_cli"]
 DOCKER = os.environ.get("SANDBOX_DOCKER") or "docker"
 
 
+@pytest.fixture(autouse=True)
+def engine_per_test() -> Iterator[None]:
+    """Each test starts on the environment's engine, detected afresh, as each CLI command
+    (a process of its own) does: a test that calls the core in-process (require, the kill)
+    chooses a record's engine for this thread, which must not steer the next test's calls."""
+    from sandbox_cli import engine
+
+    with engine.kept():
+        yield
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/integration is a docker test."""
     for item in items:
