@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import docker, validate
+from . import docker, engine, validate
 from .egress_proxy import PROXY_PORT, parse_rule, parse_rules
 from .errors import DockerError, InvalidInput, SandboxError
 
@@ -410,8 +410,6 @@ class _Job:
         self.network_error: BaseException | None = None
         self.proxy_id = ""
         self.proxy_error: BaseException | None = None
-        from . import engine
-
         # Each thread's docker calls go where the caller's do (engine.carry).
         self.threads = [threading.Thread(target=engine.carry(self._network),
                                          name="egress-network", daemon=True),
