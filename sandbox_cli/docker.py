@@ -112,7 +112,10 @@ class RunSpec(NamedTuple):
     runtime: str | None = None
     cap_add: Sequence[str] = ()
     storage: str = "bind"  # VOLUME is a host folder to bind, or (volume) an engine volume
-    network_options: Sequence[str] = ()  # replaces --network (egress)
+    mounts: Sequence[str] = ()  # more --mount values (egress: the handoff, read-only)
+    # Runs first as the main process and then becomes it (egress: the handoff, which hands
+    # the proxy a port on the sandbox's loopback, then execs the sleep or run's command).
+    main_prefix: Sequence[str] = ()
 
 
 def run_argv(spec: RunSpec) -> list[str]:
@@ -124,9 +127,10 @@ def run_argv(spec: RunSpec) -> list[str]:
     # The main process (init and its sleep) runs as root with no capabilities, and every exec
     # as the sandbox user (exec_argv's USER): so the code cannot stop, kill or write through
     # the process that keeps the sandbox alive, nor feed the engine through its output.
+    main = [*spec.main_prefix, "sleep", sleep_for]
     return [docker_binary(), "run", "-d", "--rm", "--pull", "never",
             *_container_options(spec, main_user=MAIN_USER),
-            "--entrypoint", "sleep", spec.image, sleep_for]
+            "--entrypoint", main[0], spec.image, *main[1:]]
 
 
 # run's lifetime, kept by the container itself: a background sleeper kills every process at the
@@ -143,6 +147,7 @@ def create_argv(spec: RunSpec, command: Sequence[str], *, workdir: str | None = 
     """`docker create --rm ...` of a one-shot sandbox whose main process is COMMAND itself
     (run without the image's entrypoint, as exec would), behind TTL_SCRIPT when it has a TTL.
     Started with start_attached_argv."""
+    command = [*spec.main_prefix, *command]
     argv = [docker_binary(), "create", "--rm", "--pull", "never",
             *_container_options(spec, main_user=spec.user)]
     if workdir:
@@ -183,7 +188,7 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
         *(["--label", f"{LABEL_ATTEMPT}={spec.attempt}"] if spec.attempt else []),
         *(["--label", f"{LABEL_HOME_DIR}={spec.home_dir}"] if spec.home_dir else []),
-        *(spec.network_options or ["--network", "bridge" if spec.network else "none"]),
+        "--network", "bridge" if spec.network else "none",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", main_user,
@@ -198,6 +203,8 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         else _bind_mount(spec.volume, WORKDIR),
         "--workdir", WORKDIR,
     ]
+    for mount in spec.mounts:
+        argv += ["--mount", mount]
     for cap in spec.cap_add:
         argv += ["--cap-add", cap]
     if spec.read_only:

@@ -3,19 +3,23 @@ nothing else.
 
 Per sandbox started with `--allow-host`:
 
-- an engine network of its own, `--internal` and with no address of the engine host on it
-  (`com.docker.network.bridge.inhibit_ipv4`): Docker 20.10 still gives containers on an internal
-  network a default route to the host's bridge address, so without it the sandbox could reach any
-  service the host binds to 0.0.0.0;
+- the sandbox itself has no network at all (`--network none`, as without an allow-list): no
+  route, no DNS, no engine network to leak through. Its first process (egress_handoff.py, run
+  by the image's python3 before any code of the user's) makes a socket listening on the
+  sandbox's loopback, 127.0.0.1:3128, sends it to the proxy over a Unix socket in a folder
+  mounted into both (read-only in the sandbox), and then becomes the sandbox's sleep (or
+  `run`'s command). HTTP(S)_PROXY point there.
 - a proxy container (`egress_proxy.py`, mounted read-only, run by the proxy image's python3),
-  locked down like the sandbox, attached to that network (alias `egress-proxy`, listening there
-  only) and to the egress network (default: docker's `bridge`), created while the network is
-  and started while the sandbox is;
-- the sandbox on the internal network only, with HTTP(S)_PROXY pointing at the proxy, and its
-  embedded DNS told to forward to an address that answers nothing (`--dns 127.0.0.1`): on Docker
-  20.10 the embedded resolver (127.0.0.11) of an internal network forwards outside names to the
-  upstream servers from inside the container's own network namespace, so a reachable upstream
-  would carry queries (and data in them) out.
+  locked down like the sandbox, on the egress network only (default: docker's `bridge`): it
+  accepts on the socket it was sent (the sandbox's loopback: nothing on the egress network can
+  reach it) and connects out on its own network. It takes one socket, once, and removes the
+  Unix socket: the sandbox's code, which runs only after that, finds nothing there. Created
+  while `start` prepares the sandbox and started beside it.
+
+Earlier versions put the sandbox on an `--internal` network of its own with the proxy: one
+network create, one network join and the proxy's second endpoint on every start, and an
+embedded DNS server to close. Their networks are still removed by label (see
+_remove_by_label).
 
 Everything here is labelled (`sandbox-cli.egress=1`, `.home`, `.name`, and `.attempt`: a nonce of
 the start that made it) and removed by id after a listing by label, never by name: a lost state
@@ -45,11 +49,15 @@ if TYPE_CHECKING:
     from .state import SandboxRecord, StateStore
 
 LABEL_EGRESS = f"{docker.LABEL_PREFIX}.egress"
-PROXY_ALIAS = "egress-proxy"
 PROXY_PROGRAM = "/sandbox-egress/proxy.py"
 PROXY_LOG_DIR = "/log"
 LOG_FILE = "egress.log"
 READY_FILE = "ready"
+HANDOFF_FOLDER = "handoff"  # in the log folder: the proxy's Unix socket, while it waits
+HANDOFF_SOCKET = "proxy.sock"
+HANDOFF_PROGRAM = "/sandbox-egress/handoff.py"  # in the sandbox
+HANDOFF_MOUNT = "/sandbox-egress/handoff"  # the handoff folder, read-only in the sandbox
+ALIVE_AFTER = 1.0  # seconds of waiting for `ready` before asking whether the sandbox still runs
 ERRORS_FILE = "errors"  # the proxy's own failure, if any (it runs with --log-driver none)
 READY_TIMEOUT = 20.0
 DEFAULT_EGRESS_NETWORK = "bridge"
@@ -57,10 +65,6 @@ DEFAULT_PROXY_IMAGE = None  # None: the sandbox's own image (python:alpine has p
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_MEMORY = "128m"  # 64 connections of ~1 MiB of buffers each, and python
 PROXY_PIDS = 32
-# The internal network joins two ends of one veth bridge and nothing else (no route, no host
-# address), so no path on it has a smaller MTU: a 64 KiB one makes every relayed byte cost the
-# proxy and the sandbox ~40 times fewer TCP segments (and ACKs) than 1500 would.
-INTERNAL_MTU = 65520
 READ_LIMIT = 4 << 20  # bytes of log read per file at most
 SWEEP_MIN_AGE_SECONDS = 60
 _LIST_FORMAT = f'{{{{.ID}}}}\t{{{{.Label "{docker.LABEL_NAME}"}}}}\t{{{{.CreatedAt}}}}'
@@ -103,6 +107,10 @@ def check_options(options: StartOptions) -> None:
     if options.ports:
         raise InvalidInput("--allow-host cannot be combined with -p/--port: ports need "
                            "--network, which the allow-list replaces")
+    if options.runtime and "runsc" in options.runtime:
+        raise InvalidInput("--allow-host does not work with gVisor (runsc): the sandbox's "
+                           "sockets live in gVisor's own network stack and cannot be handed "
+                           "to the egress proxy")
 
 
 # --- the plan: names and argv (pure) ----------------------------------------------------------
@@ -112,37 +120,37 @@ class Plan:
     state.SandboxRecord; an egress start is timed against a plain one.)"""
 
     __slots__ = ("allow", "attempt", "deny", "egress_network", "home_label", "image", "job",
-                 "lifetime", "log_dir", "network", "proxy", "sandbox", "user")
+                 "lifetime", "log_dir", "proxy", "sandbox", "sandbox_image", "user")
 
     def __init__(self, sandbox: str, home_label: str,
-                 network: str,  # the internal network's name
                  proxy: str,  # the proxy container's name
                  allow: list[str], egress_network: str, image: str, user: str, log_dir: str,
                  lifetime: int | None, deny: list[str] | None = None,
-                 attempt: str = "",  # docker.LABEL_ATTEMPT's value on both pieces
+                 attempt: str = "",  # docker.LABEL_ATTEMPT's value on the proxy
+                 sandbox_image: str = "",  # named when it cannot run the handoff
                  ) -> None:
-        self.sandbox, self.home_label, self.network, self.proxy = (sandbox, home_label,
-                                                                   network, proxy)
+        self.sandbox, self.home_label, self.proxy = sandbox, home_label, proxy
         self.allow, self.egress_network, self.image, self.user = (allow, egress_network,
                                                                   image, user)
         self.log_dir, self.lifetime, self.attempt = log_dir, lifetime, attempt
         self.deny: list[str] = [] if deny is None else deny
+        self.sandbox_image = sandbox_image
         self.job: _Job | None = None  # see begin
 
 
 def new_plan(store: StateStore, name: str, options: StartOptions, user: str,
              ttl_seconds: int | None) -> Plan:
-    """Names for NAME's network and proxy. A random part keeps them from ever being another
-    container's name (a sandbox may be called anything); removal goes by label. USER may be
-    set later (the sandbox's folder decides it)."""
+    """The name of NAME's proxy. A random part keeps it from ever being another container's
+    name (a sandbox may be called anything); removal goes by label. USER may be set later
+    (the sandbox's folder decides it)."""
     tag = os.urandom(4).hex()
     return Plan(
         attempt=os.urandom(8).hex(), sandbox=name, home_label=store.label,
-        network=f"sandbox-egress-{name}-{tag}",
         proxy=f"sandbox-egress-{name}-{tag}", allow=allow_hosts(options.allow_hosts),
         egress_network=network(options.egress_network or DEFAULT_EGRESS_NETWORK),
         image=options.proxy_image or options.image, user=user,
         log_dir=log_dir(store, name), lifetime=ttl_seconds, deny=sorted(host_addresses()),
+        sandbox_image=options.image,
     )
 
 
@@ -152,23 +160,13 @@ def log_dir(store: StateStore, name: str) -> str:
     return os.path.join(store.home, "egress", validate.name(name))
 
 
-def _labels(plan: Plan, *, managed: bool) -> list[str]:
-    """Labels of an egress piece. The proxy container is not `managed` (that marks sandboxes:
-    `ls` and `purge` would take it for its sandbox); the network is."""
+def _labels(plan: Plan) -> list[str]:
+    """Labels of the proxy. It is not `managed` (that marks sandboxes: `ls` and `purge` would
+    take it for its sandbox)."""
     return ["--label", f"{LABEL_EGRESS}=1",
-            *(["--label", f"{docker.LABEL_MANAGED}=1"] if managed else []),
             "--label", f"{docker.LABEL_HOME}={plan.home_label}",
             "--label", f"{docker.LABEL_NAME}={plan.sandbox}",
             *(["--label", f"{docker.LABEL_ATTEMPT}={plan.attempt}"] if plan.attempt else [])]
-
-
-def network_create_argv(plan: Plan) -> list[str]:
-    """`docker network create --internal` without an address of the host on it, and with the
-    largest MTU a veth takes (INTERNAL_MTU)."""
-    return [docker.docker_binary(), "network", "create", "--internal",
-            "--opt", "com.docker.network.bridge.inhibit_ipv4=true",
-            "--opt", f"com.docker.network.driver.mtu={INTERNAL_MTU}",
-            *_labels(plan, managed=True), plan.network]
 
 
 def proxy_program_path() -> str:
@@ -176,23 +174,15 @@ def proxy_program_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
 
 
-def listen_alias(plan: Plan) -> str:
-    """The proxy's second alias on the internal network, random per start: the proxy resolves
-    it (Docker's embedded DNS) to learn the one address it listens on. Unlike `egress-proxy`,
-    no container of the egress network can carry it too."""
-    return f"egress-listen-{plan.attempt or plan.network.rsplit('-', 1)[-1]}"
-
-
 def proxy_create_argv(plan: Plan) -> list[str]:
-    """`docker create` of the proxy: locked down as the sandbox is, on the egress network (the
-    internal one is connected before it starts: see provisioned), living as long as the
-    sandbox does. It listens on its address on the internal network (listen_alias), then
-    says so in a file `ready` in its log folder. No --init: python3 is PID 1, so an image
-    without it fails `docker start` itself (with --init, tini would start and exit, and only
-    a timeout would tell); it starts no process, so it has no zombie to reap, and it is only
-    ever removed with SIGKILL (`rm -f`)."""
+    """`docker create` of the proxy: locked down as the sandbox is, on the egress network
+    only, living as long as the sandbox does. It takes the sandbox's port (egress_handoff.py)
+    over a Unix socket in its log folder, then says so in a file `ready` there. No --init:
+    python3 is PID 1, so an image without it fails `docker start` itself (with --init, tini
+    would start and exit, and only a timeout would tell); it starts no process, so it has no
+    zombie to reap, and it is only ever removed with SIGKILL (`rm -f`)."""
     args = ["--port", str(PROXY_PORT), "--log", f"{PROXY_LOG_DIR}/{LOG_FILE}",
-            "--listen-name", listen_alias(plan),
+            "--handoff", f"{PROXY_LOG_DIR}/{HANDOFF_FOLDER}/{HANDOFF_SOCKET}",
             "--ready", f"{PROXY_LOG_DIR}/{READY_FILE}",
             "--errors", f"{PROXY_LOG_DIR}/{ERRORS_FILE}"]
     for rule in plan.allow:
@@ -203,42 +193,53 @@ def proxy_create_argv(plan: Plan) -> list[str]:
         args += ["--lifetime", str(plan.lifetime)]
     return [
         docker.docker_binary(), "create", "--rm", "--pull", "never",
-        "--name", plan.proxy, *_labels(plan, managed=False),
+        "--name", plan.proxy, *_labels(plan),
         "--network", plan.egress_network,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
         "--read-only", "--pids-limit", str(PROXY_PIDS),
         "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
         "--no-healthcheck",  # as the sandbox: an image's HEALTHCHECK would run unbounded
         "--log-driver", "none",  # as the sandbox; its own failure goes to ERRORS_FILE
+        # Python as PID 1 ignores SIGTERM: Podman's `rm -f` would wait 10 s for it first.
+        "--stop-signal", "SIGKILL",
         "--env", "PYTHONDONTWRITEBYTECODE=1",
         "--mount", f"type=bind,source={proxy_program_path()},target={PROXY_PROGRAM},readonly",
         "--mount", f"type=bind,source={plan.log_dir},target={PROXY_LOG_DIR}",
-        "--entrypoint", "python3", plan.image, "-I", PROXY_PROGRAM, *args,
+        "--entrypoint", "python3", plan.image, "-I", "-S", PROXY_PROGRAM, *args,
     ]
 
 
-def network_connect_argv(network_name: str, container: str, *aliases: str) -> list[str]:
-    """`docker network connect --alias egress-proxy [--alias A]... NETWORK CONTAINER` (the
-    aliases are the proxy's names there, known on that network only)."""
-    names = [a for alias in (PROXY_ALIAS, *aliases) for a in ("--alias", alias)]
-    return [docker.docker_binary(), "network", "connect", *names, network_name, container]
-
-
 def proxy_start_argv(container: str) -> list[str]:
-    """`docker start CONTAINER` (the proxy, once on both networks)."""
+    """`docker start CONTAINER` (the proxy)."""
     return [docker.docker_binary(), "start", container]
 
 
-def sandbox_network_options(plan: Plan) -> list[str]:
-    """What the sandbox gets instead of `--network none`: the internal network only, and an
-    embedded DNS that forwards outside names nowhere (loopback of the sandbox itself)."""
-    return ["--network", plan.network, "--dns", "127.0.0.1",
-            "--dns-opt", "timeout:1", "--dns-opt", "attempts:1"]
+def handoff_program_path() -> str:
+    """The handoff program on this machine (mounted read-only into the sandbox)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_handoff.py")
+
+
+def sandbox_mounts(plan: Plan) -> list[str]:
+    """The sandbox's `--mount`s for the handoff: the program and the folder of the proxy's
+    Unix socket, both read-only (the socket is gone once the proxy has the port)."""
+    return [f"type=bind,source={handoff_program_path()},target={HANDOFF_PROGRAM},readonly",
+            f"type=bind,source={handoff_dir(plan)},target={HANDOFF_MOUNT},readonly"]
+
+
+def sandbox_main_prefix() -> list[str]:
+    """What the sandbox's main process runs first: the handoff, by the image's python3, which
+    then execs what follows (the sleep, or `run`'s command)."""
+    return ["python3", "-I", "-S", HANDOFF_PROGRAM, f"{HANDOFF_MOUNT}/{HANDOFF_SOCKET}",
+            str(PROXY_PORT), "--"]
+
+
+def handoff_dir(plan: Plan) -> str:
+    return os.path.join(plan.log_dir, HANDOFF_FOLDER)
 
 
 def sandbox_env() -> dict[str, str]:
     """The proxy variables pip, npm, curl, git and urllib read."""
-    url = f"http://{PROXY_ALIAS}:{PROXY_PORT}"
+    url = f"http://127.0.0.1:{PROXY_PORT}"
     return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
             "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}
 
@@ -261,7 +262,8 @@ def list_proxies_argv(home_label: str, name: str | None = None,
 
 def list_networks_argv(home_label: str, name: str | None = None,
                        attempt: str | None = None) -> list[str]:
-    """`docker network ls` of this home's egress networks, as list_proxies_argv."""
+    """`docker network ls` of this home's egress networks (made by earlier versions), as
+    list_proxies_argv."""
     return [docker.docker_binary(), "network", "ls", "--no-trunc",
             *_filters(home_label, name, attempt), "--format", _LIST_FORMAT]
 
@@ -306,7 +308,7 @@ def host_addresses() -> set[str]:
 def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
     """The proxy's log folder, writable by the proxy's user (PLAN.user): OWNER (as root), or
     shared with it through ACLs (not root, when the proxy's user is not you: sandbox.py's
-    _make_folder does the same for the sandbox's folder)."""
+    _make_folder does the same for the sandbox's folder); and in it the handoff folder."""
     parent = os.path.dirname(plan.log_dir)
     os.makedirs(parent, mode=0o700, exist_ok=True)
     try:
@@ -316,16 +318,23 @@ def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
         os.mkdir(plan.log_dir, 0o755)
     if owner is not None:
         os.chown(plan.log_dir, *owner)
-        return
-    uid = plan.user.partition(":")[0]
-    if uid.isdigit() and int(uid) != os.getuid():
-        from . import acl
+    else:
+        uid = plan.user.partition(":")[0]
+        if uid.isdigit() and int(uid) != os.getuid():
+            from . import acl
 
-        fd = os.open(plan.log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            acl.share(fd, [os.getuid(), int(uid)])
-        finally:
-            os.close(fd)
+            fd = os.open(plan.log_dir,
+                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                acl.share(fd, [os.getuid(), int(uid)])
+            finally:
+                os.close(fd)
+    # Open to all: the proxy (PLAN.user) makes its socket there and the sandbox's first process
+    # (root without capabilities, so "other") reaches it, read-only. Nobody else can: the
+    # containers see this folder alone, and on the host it sits in the home's 0700 `egress`.
+    handoff = handoff_dir(plan)
+    os.mkdir(handoff, 0o777)
+    os.chmod(handoff, 0o777)  # past the umask, and past an ACL mask inherited from the log's
 
 
 def _create_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
@@ -340,14 +349,6 @@ def _create_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
             return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
     except DockerError as exc:
         raise _in_words(plan, exc) from None
-
-
-def _connect_proxy(plan: Plan, proxy_id: str) -> None:
-    """Attach the (created, not yet started) proxy to the internal network, with its aliases:
-    on a container that does not run yet this only records the endpoint, which its start
-    then makes with the other one (connecting a running container costs a second network
-    setup)."""
-    docker.run_docker(network_connect_argv(plan.network, proxy_id, listen_alias(plan)))
 
 
 def _start_proxy(plan: Plan, proxy_id: str) -> None:
@@ -370,19 +371,37 @@ def _in_words(plan: Plan, exc: DockerError) -> SandboxError:
     return exc
 
 
-def _wait_ready(plan: Plan) -> None:
-    """Until the proxy listens (its `ready` file appears), bounded; its own failure (written
-    to ERRORS_FILE: it has no docker log) ends the wait at once."""
+def wait_ready(plan: Plan, container_id: str) -> None:
+    """Until the proxy holds the sandbox's port (its `ready` file appears), bounded. The
+    proxy's own failure (written to ERRORS_FILE: it has no docker log) ends the wait at once;
+    a sandbox whose first process has ended (an image without python3: it cannot run the
+    handoff) ends it after ALIVE_AFTER, when the container is found gone."""
     import time
 
     path = os.path.join(plan.log_dir, READY_FILE)
-    deadline = time.monotonic() + READY_TIMEOUT
+    began = time.monotonic()
+    look_at = began + ALIVE_AFTER
     while not os.path.lexists(path):
+        now = time.monotonic()
         failed = _proxy_failure(plan)
-        if failed or time.monotonic() > deadline:
-            why = failed or f"it did not start listening within {READY_TIMEOUT:g}s"
+        if failed or now > began + READY_TIMEOUT:
+            why = failed or f"it did not take the sandbox's port within {READY_TIMEOUT:g}s"
             raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
+        if now > look_at:
+            if not _running(container_id) and not os.path.lexists(path):
+                raise InvalidInput(
+                    f"the sandbox's first process ended before it handed its port to the "
+                    f"egress proxy: --allow-host needs python3 in the sandbox's image "
+                    f"({plan.sandbox_image or 'the image'} has none?)")
+            look_at = now + 0.5
         time.sleep(0.005)
+
+
+def _running(container_id: str) -> bool:
+    """Whether the container runs (a removed one, as `--rm` makes of an ended one, does not)."""
+    argv = [docker.docker_binary(), "inspect", "--type", "container", "--format",
+            "{{.State.Running}}", container_id]
+    return docker.run_docker(argv, check=False).stdout.strip() == "true"
 
 
 def _proxy_failure(plan: Plan) -> str:
@@ -400,40 +419,25 @@ def _proxy_failure(plan: Plan) -> str:
 
 
 class _Job:
-    """What begin starts in the background: the internal network's creation beside the
-    proxy's, then the proxy's connection to that network and its start. Two threads: each
-    step waits only for what it needs."""
+    """What begin starts in the background: the proxy's creation, then its start (which the
+    sandbox's own start runs beside)."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.network_made = threading.Event()
-        self.network_error: BaseException | None = None
         self.proxy_id = ""
-        self.proxy_error: BaseException | None = None
-        # Each thread's docker calls go where the caller's do (engine.carry).
-        self.threads = [threading.Thread(target=engine.carry(self._network),
-                                         name="egress-network", daemon=True),
-                        threading.Thread(target=engine.carry(self._proxy), name="egress-proxy",
-                                         daemon=True)]
+        self.error: BaseException | None = None
+        # Its docker calls go where the caller's do (engine.carry).
+        self.thread = threading.Thread(target=engine.carry(self._proxy), name="egress-proxy",
+                                       daemon=True)
 
     def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
+        self.thread.start()
 
     def join(self) -> None:
-        """Until both threads are done (each docker call has its deadline); one that never
-        started (begin failed) has nothing to wait for."""
-        for thread in self.threads:
-            if thread.ident is not None:
-                thread.join()
-
-    def _network(self) -> None:
-        try:
-            docker.run_docker(network_create_argv(self.plan))
-        except BaseException as exc:  # handed to provisioned
-            self.network_error = exc
-        finally:
-            self.network_made.set()
+        """Until it is done (each docker call has its deadline); if it never started (begin
+        failed), at once."""
+        if self.thread.ident is not None:
+            self.thread.join()
 
     def _proxy(self) -> None:
         from .errors import ImageError
@@ -441,22 +445,19 @@ class _Job:
         try:
             self.proxy_id = proxy_id = docker.run_docker(proxy_create_argv(self.plan)
                                                          ).stdout.strip()
-            self.network_made.wait()
-            if self.network_error is None:
-                _connect_proxy(self.plan, proxy_id)
-                _start_proxy(self.plan, proxy_id)
+            _start_proxy(self.plan, proxy_id)
         except ImageError as exc:  # provisioned pulls it (with the caller's progress)
-            self.proxy_error = exc
+            self.error = exc
         except DockerError as exc:
-            self.proxy_error = _in_words(self.plan, exc)
+            self.error = _in_words(self.plan, exc)
         except BaseException as exc:
-            self.proxy_error = exc
+            self.error = exc
 
 
 def begin(plan: Plan, owner: tuple[int, int] | None) -> None:
-    """Start making PLAN's network and proxy in the background, as soon as the sandbox's user
-    is known (`start` goes on preparing the sandbox meanwhile: its image check, its folder's
-    seeding); provisioned finishes, undo (after a failure) waits for it first."""
+    """Start making PLAN's proxy in the background, as soon as the sandbox's user is known
+    (`start` goes on preparing the sandbox meanwhile: its image check, its folder's seeding);
+    provisioned finishes, undo (after a failure) waits for it first."""
     _make_log_dir(plan, owner)
     plan.job = _Job(plan)
     plan.job.start()
@@ -464,39 +465,25 @@ def begin(plan: Plan, owner: tuple[int, int] | None) -> None:
 
 @contextmanager
 def provisioned(plan: Plan, pull: Callable[[str], None]) -> Iterator[None]:
-    """Around the sandbox's `docker run`: before it, the internal network exists (begin made
-    it); after it, the proxy listens (or its failure is raised): `start` must not return a
-    sandbox whose first connection would be refused. The caller removes what was made when
-    anything fails (`undo`, after the sandbox's container: a network cannot be removed while
-    the sandbox is on it).
-
-    The critical path is the network's creation + the slower of the sandbox's `docker run`
-    and the proxy's connect + start + listen, all begun while `start` still prepared the
-    sandbox. The proxy needs no inspect: it finds its address by its alias (listen_alias)."""
-    from .errors import ImageError
-
+    """Around the sandbox's `docker run` (or `docker create`, for `run`): after it, the proxy
+    has started (or its failure is raised). The caller then waits for the handoff
+    (wait_ready) once the sandbox runs, and removes what was made when anything fails
+    (`undo`). The critical path is the slower of the sandbox's start and the proxy's
+    create + start + handoff, all begun while `start` still prepared the sandbox."""
     job = plan.job
     if job is None:
         raise RuntimeError("egress.begin was not called")
     try:
-        job.network_made.wait()
-        exc = job.network_error
-        if isinstance(exc, DockerError):
-            raise DockerError(f"cannot create the sandbox's egress network: {exc.message}",
-                              exc.argv, exc.returncode, exc.stderr) from None
-        if exc is not None:
-            raise exc
         yield
     finally:
         job.join()  # also after a failure: the caller's cleanup must not race the proxy
-    if isinstance(job.proxy_error, ImageError):  # not here yet: pull, then the slow way
+    from .errors import ImageError
+
+    if isinstance(job.error, ImageError):  # not here yet: pull, then the slow way
         pull(plan.image)
-        proxy_id = _create_proxy(plan, lambda _image: None)
-        _connect_proxy(plan, proxy_id)
-        _start_proxy(plan, proxy_id)
-    elif job.proxy_error is not None:
-        raise job.proxy_error
-    _wait_ready(plan)
+        _start_proxy(plan, _create_proxy(plan, lambda _image: None))
+    elif job.error is not None:
+        raise job.error
 
 
 def _labelled(argv: list[str]) -> list[tuple[str, str, str]]:
@@ -532,8 +519,9 @@ def _remove_by_label(home_label: str, chosen: Callable[[str, str], bool], *,
                      name: str | None = None, attempt: str | None = None) -> list[str]:
     """Remove this home's proxies, then egress networks (of sandbox NAME / start ATTEMPT only,
     when given: the listing itself is then about them alone), for which CHOSEN(sandbox name,
-    created) holds, by id. Every call has its deadline (docker.run_docker). Returns the
-    sandbox names whose pieces were removed."""
+    created) holds, by id. (Networks: an earlier version's sandboxes had one each; they must
+    not outlive them.) Every call has its deadline (docker.run_docker). Returns the sandbox
+    names whose pieces were removed."""
     proxies = [(i, n) for i, n, c in _labelled(list_proxies_argv(home_label, name, attempt))
                if chosen(n, c)]
     if proxies:
@@ -571,7 +559,7 @@ def end_all(store: StateStore, names: Sequence[str]) -> None:
 def undo(store: StateStore, plan: Plan) -> None:
     """A failed start: remove what PLAN's start made (found by its attempt label, so never a
     same-named leftover's pieces), and its log folder (the name is this start's: its sandbox
-    folder was made exclusively). What begin started is waited for first: a network still
+    folder was made exclusively). What begin started is waited for first: a proxy still
     being made would otherwise be missed by the listing."""
     if plan.job is not None:
         plan.job.join()
@@ -595,8 +583,9 @@ def sweep(store: StateStore, live: Sequence[str], *, everything: bool = False) -
 
 
 def end(store: StateStore, name: str) -> bool:
-    """`disconnect`: end NAME's egress (proxy and network removed, nothing goes out after;
-    its log stays for `sandbox egress`). Returns whether there was any."""
+    """`disconnect`: end NAME's egress (its proxy removed, and with it the only holder of the
+    sandbox's port: nothing goes out after; its log stays for `sandbox egress`). Returns
+    whether there was any."""
     return bool(_remove_by_label(store.label, lambda _n, _c: True, name=name))
 
 

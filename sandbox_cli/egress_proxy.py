@@ -5,7 +5,8 @@ allow-list rules: `parse_rule`, `host_allowed`, `address_refusal`. Run as a prog
 read-only into the proxy container and started with that image's python3), it is the proxy:
 
     python3 egress_proxy.py --port 3128 --allow 'pypi.org' --deny-addr 192.0.2.2 \
-        --log /log/egress.log --listen-name ALIAS --ready /log/ready [--lifetime S]
+        --log /log/egress.log --handoff /log/handoff/proxy.sock --ready /log/ready \
+        [--lifetime S]
 
 It accepts `CONNECT host:port` (HTTPS and any TLS tunnel) and plain-HTTP requests in absolute
 form (`GET http://host/path`) for listed names and ports only, resolves names itself, and
@@ -15,10 +16,17 @@ line to a file rotated at 1 MiB. Memory is bounded: a fixed number of connection
 request head, one pipe per direction, idle timeouts. Standard library only: it must run on any
 image with a python3 (python:alpine, Debian's), and it starts nothing but itself.
 
+It listens on no address of its own. The sandbox has no network (`--network none`); its first
+process (egress_handoff.py) makes a socket listening on the sandbox's loopback and sends it
+here over the Unix socket --handoff, which this program takes once and then removes: the
+proxy accepts the sandbox's connections on the sandbox's own loopback and connects out on the
+egress network, and nothing on that network can reach it.
+
 Start-up is on the critical path of `sandbox start --allow-host`, which waits until the proxy
-listens and shares two cores with the sandbox's own start: the program listens before it imports
-anything it does not need for that (asyncio, json: about 100 ms of a loaded machine's CPU), and
-imports those once the first connection has come (the kernel queues it meanwhile).
+holds the sandbox's port and shares two cores with the sandbox's own start: the program takes
+the port before it imports anything it does not need for that (asyncio, json: about 100 ms of
+a loaded machine's CPU), and imports those once the first connection has come (the kernel
+queues it meanwhile).
 """
 
 from __future__ import annotations
@@ -250,7 +258,7 @@ class Settings(NamedTuple):
 
     rules: list[Rule]
     denied: set[IPAddress]
-    listen: str  # the alias whose address (on the internal network) we listen on
+    handoff: str  # the Unix socket the sandbox's first process sends its port over
     port: int
     log: AttemptLog
     max_connections: int
@@ -658,43 +666,58 @@ def _remaining(settings: Settings) -> float | None:
     return settings.started + settings.lifetime - time.monotonic()
 
 
-def _listen(name: str, port: int, backlog: int, timeout: float = 20.0) -> socket.socket:
-    """A socket listening on our address on the sandbox's internal network: the address
-    Docker's embedded DNS gives for NAME, an alias that `sandbox start` gave us on that
-    network alone (random, per start), so it is known when we start. Never 0.0.0.0: the
-    egress network must not reach us. Retried briefly: the name is there when the container
-    starts, but nothing else here would say why it is not."""
+HANDOFF_TIMEOUT = 600.0  # seconds for the sandbox to start (its image may be pulled first)
+
+
+def _take_port(path: str, port: int, timeout: float = HANDOFF_TIMEOUT) -> socket.socket:
+    """The sandbox's listening socket, sent by its first process over a Unix socket made at
+    PATH, which is taken once and removed at once: nothing else can ever reach us that way
+    (the sandbox's own code runs only after this). The socket is checked to be what the
+    handoff makes, a TCP socket listening on 127.0.0.1:PORT."""
     import socket
 
-    deadline = time.monotonic() + timeout
-    why = f"{name} does not resolve"
-    while True:
-        try:  # bytes: no IDNA codec to import for a name that is plain ASCII
-            found = socket.getaddrinfo(name.encode("ascii"), port, socket.AF_INET,
-                                       socket.SOCK_STREAM)
-        except OSError as exc:
-            found, why = [], f"{name} does not resolve ({exc})"
-        for *_, addr in found:
-            address = _ip(str(addr[0]))
-            if address is None or address.is_loopback or address.is_unspecified:
-                continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((str(address), port))
-                sock.listen(backlog)
-            except OSError as exc:
-                sock.close()
-                why = f"cannot listen on {address}:{port}: {exc.strerror or exc}"
-                continue
-            return sock
-        if time.monotonic() > deadline:
-            raise SystemExit(f"egress proxy: {why}")
-        time.sleep(0.01)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(path)
+        os.chmod(path, 0o666)  # the sandbox's first process runs as root without capabilities
+        server.listen(1)
+        server.settimeout(timeout)
+        try:
+            conn = server.accept()[0]
+        except TimeoutError:
+            raise SystemExit(f"egress proxy: the sandbox did not send its port within "
+                             f"{timeout:g}s") from None
+    finally:
+        server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    with conn:
+        conn.settimeout(10)
+        _, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4))
+        fds = [int.from_bytes(data[i:i + 4], sys.byteorder)
+               for level, kind, data in ancillary
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for i in range(0, len(data) - len(data) % 4, 4)]
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            raise SystemExit("egress proxy: the sandbox sent no socket")
+        listener = socket.socket(fileno=fds[0])
+        try:
+            good = (listener.family == socket.AF_INET and listener.type == socket.SOCK_STREAM
+                    and listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and listener.getsockname() == ("127.0.0.1", port))
+        except OSError:
+            good = False
+        if not good:
+            listener.close()
+            raise SystemExit("egress proxy: the sandbox sent a socket that is not its port")
+        conn.sendall(b"k")
+    return listener
 
 
 _REPEATED = ("--allow", "--deny-addr")
-_SINGLE = ("--port", "--log", "--max-connections", "--lifetime", "--ready", "--listen-name",
+_SINGLE = ("--port", "--log", "--max-connections", "--lifetime", "--ready", "--handoff",
            "--errors")
 
 
@@ -709,13 +732,13 @@ def _flags(argv: Sequence[str]) -> dict[str, list[str]]:
         if value is None:
             raise SystemExit(f"egress proxy: {flag} needs a value")
         values.setdefault(flag, []).append(value)
-    if "--listen-name" not in values:
-        raise SystemExit("egress proxy: --listen-name is required")
+    if "--handoff" not in values:
+        raise SystemExit("egress proxy: --handoff is required")
     return values
 
 
 def _arguments(argv: Sequence[str]) -> Settings:
-    """The settings, and the listening socket made (see _listen)."""
+    """The settings of the command line."""
     values = _flags(argv)
 
     def one(flag: str) -> str | None:
@@ -724,7 +747,7 @@ def _arguments(argv: Sequence[str]) -> Settings:
     lifetime = one("--lifetime")
     denied = {a for a in (_ip(text) for text in values.get("--deny-addr", [])) if a is not None}
     return Settings(parse_rules(values.get("--allow", [])), denied,
-                    one("--listen-name") or "", int(one("--port") or PROXY_PORT),
+                    one("--handoff") or "", int(one("--port") or PROXY_PORT),
                     AttemptLog(one("--log")), int(one("--max-connections") or MAX_CONNECTIONS),
                     None if lifetime is None else float(lifetime), one("--ready"),
                     time.monotonic())
@@ -750,8 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         settings = _arguments(args)
-        listener = _listen(settings.listen, settings.port, settings.max_connections)
-        settings.denied.update(_own_gateways())  # both networks are attached at our start
+        settings.denied.update(_own_gateways())  # the egress network is attached at our start
+        listener = _take_port(settings.handoff, settings.port)
         if settings.ready:  # tells `sandbox start` (which waits for it) that requests can come
             os.close(os.open(settings.ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         first = _first_connection(settings, listener)

@@ -233,7 +233,7 @@ def _egress_names(records: Mapping[str, SandboxRecord | None]) -> list[str]:
 
 def _end_egress(store: StateStore, records: Mapping[str, SandboxRecord | None], *,
                 keep_logs: bool = False) -> None:
-    """Remove the egress proxy, network and (unless KEEP_LOGS: an expired sandbox's log stays
+    """Remove the egress proxy and (unless KEEP_LOGS: an expired sandbox's log stays
     with its files) log of those of RECORDS that have one; their containers are gone already.
     One sandbox's pieces are found by a listing of its own (no other sandbox's wait)."""
     names = _egress_names(records)
@@ -431,6 +431,9 @@ def _cap_folder(store: StateStore, name: str, folder: str, size: str,
         raise
 
 
+EGRESS_NEEDS_FILES = ("--allow-host needs an engine that sees this machine's files (the egress "
+                      "proxy and the sandbox's handoff are mounted from here); this one does "
+                      "not: start it on a local engine")
 UNCAPPED_ROOT = ("the container's own file system is not capped (--writable-root): docker "
                  "caps it only on overlay over xfs with pquota")
 
@@ -455,6 +458,8 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     if store.get(name) is not None:
         raise NameInUse(f"a sandbox named {name!r} already exists")
     eng = engine.current()
+    if plan is not None and not eng.local:
+        raise InvalidInput(EGRESS_NEEDS_FILES)
     storage = options.storage if options.storage != "auto" else BIND if eng.local else VOLUME
     later: list[_PendingCap] = []
     if storage == BIND:
@@ -487,11 +492,13 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     from . import egress
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
-    spec = spec._replace(network_options=egress.sandbox_network_options(plan))
+    # No network (--network none, as ever): the handoff gives the proxy a port on loopback.
+    spec = spec._replace(mounts=egress.sandbox_mounts(plan),
+                         main_prefix=egress.sandbox_main_prefix())
     # The proxy variables are in the container's own environment (the --env-file of docker
     # run/create), so every exec inherits them, as run's command does; the user's -e wins.
-    # Last: network and proxy are made while start goes on; every failure from here on goes
-    # through _undo_egress.
+    # Last: the proxy is made while start goes on; every failure from here on goes through
+    # _undo_egress.
     prepared = _Prepared(name, spec, {**egress.sandbox_env(), **options.env}, plan, cap)
     try:
         egress.begin(plan, file_owner_of(spec.user))
@@ -553,6 +560,8 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         with docker.env_file(prepared.env) as env_path, _egress_started(prepared, progress):
             container_id, spec = _create_container(prepared, env_path, build, progress,
                                                    pull_output)
+        if prepared.egress is not None and build is docker.run_argv:
+            _egress_ready(prepared, container_id)  # (`run`'s command waits for it itself)
         if spec.storage == VOLUME:
             _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
@@ -604,12 +613,12 @@ def _undo_start(store: StateStore, prepared: _Prepared, container_id: str) -> No
         pass
     if prepared.spec.storage == VOLUME:
         _remove_volume_quietly(prepared.spec.volume)
-    _undo_egress(store, prepared)  # after the container: a network in use cannot go
+    _undo_egress(store, prepared)
     _remove_folders(store, [prepared.name])
 
 
 def _undo_egress(store: StateStore, prepared: _Prepared) -> None:
-    """Remove the egress network and proxy this start made (egress.begin), if any. Best
+    """Remove the egress proxy this start made (egress.begin), if any. Best
     effort, like the rest of the undo: the original error stays in charge."""
     if prepared.egress is not None:
         from . import egress
@@ -715,8 +724,8 @@ def _bound_ports(container_id: str) -> list[str]:
 
 
 def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
-    """A context: the egress network made and its proxy starting beside the sandbox (nothing
-    without --allow-host)."""
+    """A context: the egress proxy starting beside the sandbox (nothing without
+    --allow-host)."""
     from contextlib import nullcontext
 
     if prepared.egress is None:
@@ -724,6 +733,14 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
     from . import egress
 
     return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
+
+
+def _egress_ready(prepared: _Prepared, container_id: str) -> None:
+    """Until the started sandbox has handed its proxy its port: `start` must not return a
+    sandbox whose first connection would be refused."""
+    from . import egress
+
+    egress.wait_ready(prepared.egress, container_id)
 
 
 def _egress_record(prepared: _Prepared) -> dict[str, Any]:
@@ -791,6 +808,8 @@ def _create_auto(store: StateStore, options: StartOptions, name: str | None,
         try:
             return _create(store, options, prepared, build, progress, pull_output, seed)
         except DockerError as exc:
+            if options.allow_hosts and engine.bind_refused(exc.stderr):
+                raise InvalidInput(EGRESS_NEEDS_FILES) from None
             if (options.storage != "auto" or prepared.spec.storage != BIND
                     or not engine.bind_refused(exc.stderr)):
                 raise
@@ -996,7 +1015,7 @@ def disconnect(store: StateStore, name: str) -> list[str]:
 
 
 def _end_egress_of(store: StateStore, name: str) -> None:
-    """disconnect: stop NAME's egress proxy and remove its network (its log stays)."""
+    """disconnect: remove NAME's egress proxy, the one holder of its port (its log stays)."""
     from . import egress
 
     record = store.get(name)

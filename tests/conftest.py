@@ -58,9 +58,12 @@ def docker_engine() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private SANDBOX_HOME, and no config files or SANDBOX_* settings from the machine."""
+    """A private SANDBOX_HOME, and no config files or SANDBOX_* settings from the machine
+    (but the engine's: SANDBOX_DOCKER, and the runtime the engine matrix chose, gVisor's)."""
+    engine_keys = {"SANDBOX_DOCKER"} | ({"SANDBOX_RUNTIME"}
+                                        if os.environ.get("SANDBOX_TEST_ENGINE") else set())
     for key in list(os.environ):
-        if key.startswith("SANDBOX_") and key not in ("SANDBOX_DOCKER",):
+        if key.startswith("SANDBOX_") and key not in engine_keys:
             monkeypatch.delenv(key)
     path = tmp_path / "home"
     monkeypatch.setenv("SANDBOX_HOME", str(path))

@@ -224,7 +224,7 @@ def test_connect_tunnel_only_to_listed_host_and_port(egress_home: Home, ebox: st
     code = r"""
 import socket
 def tunnel(target):
-    c = socket.create_connection(("egress-proxy", 3128), timeout=20)
+    c = socket.create_connection(("127.0.0.1", 3128), timeout=20)
     c.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     head = c.recv(4096).split(b"\r\n")[0].decode()
     if " 200 " in head + " ":
@@ -286,8 +286,8 @@ for host in ("exfil.example.com", "allowed.example.test", "denied.example.test")
 """
     out = _py(egress_home, ebox, code, timeout=120).stdout.decode()
     assert "RESOLVED" not in out and out.count("NO ") == 3, out
-    # The embedded DNS forwards outside names from the sandbox's own namespace: to loopback.
-    assert docker_inspect(ebox, "{{json .HostConfig.Dns}}") == '["127.0.0.1"]'
+    # No engine network, so no embedded DNS server to forward anything (see the next test).
+    assert docker_inspect(ebox, "{{.HostConfig.NetworkMode}}") == "none"
 
 
 FAKE_DNS = r"""
@@ -305,10 +305,9 @@ while True:
 def test_embedded_dns_forwarding_is_closed(docker_engine: None) -> None:
     """What Docker 20.10's embedded DNS (127.0.0.11) does on an --internal network: it forwards
     outside names to its upstream servers from the container's own network namespace, so an
-    upstream reachable there receives the query (the control below). The sandbox's options
-    (egress.sandbox_network_options: --dns 127.0.0.1) send it nowhere, even then."""
-    from sandbox_cli import egress
-
+    upstream reachable there receives the query (the control below). The sandbox has no engine
+    network (`--network none`, egress_handoff.py): even told to use that very server, its
+    query goes nowhere."""
     tag = uuid.uuid4().hex[:8]
     net, dns = f"sandbox-test-dns-{tag}", f"sandbox-test-dns-{tag}-server"
     try:
@@ -318,20 +317,20 @@ def test_embedded_dns_forwarding_is_closed(docker_engine: None) -> None:
                 net, "--entrypoint", "python3", PYTHON_IMAGE, "-u", "-c", FAKE_DNS)
         ip = _docker("inspect", "-f",
                      f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}', dns)
-        plan = egress.Plan(sandbox="x", home_label="x", network=net, proxy="x", allow=[],
-                           egress_network="bridge", image=PYTHON_IMAGE, user="65534:65534",
-                           log_dir="/nonexistent", lifetime=None)
         resolve = ["python3", "-c", "import socket,sys\ntry: socket.getaddrinfo(sys.argv[1], 80)"
                    "\nexcept OSError: pass"]
-        ours = egress.sandbox_network_options(plan)
-        _docker("run", "--rm", "--user", "65534:65534", *ours, "--entrypoint", resolve[0],
-                PYTHON_IMAGE, *resolve[1:], "sandbox-query.example.com", timeout=60)
         control = ["--network", net, "--dns", ip]
         _docker("run", "--rm", "--user", "65534:65534", *control, "--entrypoint", resolve[0],
                 PYTHON_IMAGE, *resolve[1:], "control-query.example.com", timeout=60)
-        logs = _docker("logs", dns)
-        assert "QUERY control-query.example.com" in logs  # the engine forwards (the hole)
-        assert "sandbox-query" not in logs  # ... but not with the sandbox's options
+        deadline = time.monotonic() + 10
+        while "QUERY control-query.example.com" not in _docker("logs", dns):
+            assert time.monotonic() < deadline, "the engine did not forward (the control)"
+            time.sleep(0.2)
+        ours = ["--network", "none", "--dns", ip]  # the sandbox's network, and that resolver
+        _docker("run", "--rm", "--user", "65534:65534", *ours, "--entrypoint", resolve[0],
+                PYTHON_IMAGE, *resolve[1:], "sandbox-query.example.com", timeout=60)
+        time.sleep(1)
+        assert "sandbox-query" not in _docker("logs", dns)
     finally:
         _docker("rm", "-f", dns, check=False)
         _docker("network", "rm", net, check=False)
@@ -340,7 +339,8 @@ def test_embedded_dns_forwarding_is_closed(docker_engine: None) -> None:
 def test_engine_host_unreachable_from_sandbox(egress_home: Home, ebox: str,
                                               upstream: Upstream) -> None:
     """Docker 20.10 routes an --internal network's containers to the host's bridge address;
-    our network has none, so a host service bound to any host address stays out of reach."""
+    the sandbox has no network, so a host service bound to any host address stays out of
+    reach, and the proxy refuses the address."""
     gateway = upstream.gateway()  # an address of this host, on the tests' own network only
     listener = socket.socket()
     listener.bind((gateway, 0))
@@ -380,7 +380,7 @@ def test_metadata_loopback_and_listed_name_to_loopback_refused(egress_home: Home
     # request: clients skip the proxy for localhost, as NO_PROXY says.)
     code = r"""
 import socket
-c = socket.create_connection(("egress-proxy", 3128), timeout=20)
+c = socket.create_connection(("127.0.0.1", 3128), timeout=20)
 c.sendall(b"GET http://localhost:3128/ HTTP/1.1\r\nHost: localhost:3128\r\n\r\n")
 print(c.recv(4096).decode())
 """
@@ -388,7 +388,7 @@ print(c.recv(4096).decode())
     assert out.startswith("HTTP/1.1 403") and "loopback" in out, out
 
 
-def test_proxy_is_locked_down_and_listens_on_internal_network_only(
+def test_proxy_is_locked_down_and_reached_from_its_sandbox_only(
         egress_home: Home, ebox: str, upstream: Upstream) -> None:
     proxy = _proxy_of(egress_home)
     assert docker_inspect(proxy, "{{.Config.User}}") == "65534:65534" or \
@@ -405,26 +405,37 @@ def test_proxy_is_locked_down_and_listens_on_internal_network_only(
     status = _docker("exec", proxy, "sh", "-c", "grep -E '^(Uid|CapEff)' /proc/1/status "
                      "/proc/[0-9]*/status | sort -u")
     assert "CapEff:\t0000000000000000" in status and "Uid:\t0\t" not in status
-    # From the egress network the proxy does not answer (it listens on the internal one).
-    proxy_ip = _docker("inspect", "-f",
-                       f'{{{{(index .NetworkSettings.Networks "{upstream.network}").IPAddress}}}}',
-                       proxy)
+    # The proxy is on the egress network alone, and listens on no address of its own there:
+    # from that network nothing answers.
+    networks = json.loads(docker_inspect(proxy, "{{json .NetworkSettings.Networks}}"))
+    assert list(networks) == [upstream.network]
+    proxy_ip = networks[upstream.network]["IPAddress"]
     probe = subprocess.run(
         ["docker", "exec", f"{upstream.network}-denied", "python3", "-c",
          f"import socket; socket.create_connection(({proxy_ip!r}, 3128), timeout=5)"],
         capture_output=True, timeout=60)
     assert probe.returncode != 0
-    # The sandbox sits on one network, the internal one, with the proxy variables set.
-    networks = json.loads(docker_inspect(ebox, "{{json .NetworkSettings.Networks}}"))
-    assert len(networks) == 1 and next(iter(networks)).startswith("sandbox-egress-")
-    internal = next(iter(networks))
-    assert _docker("network", "inspect", "-f", "{{.Internal}}", internal) == "true"
-    # A 64 KiB MTU between sandbox and proxy: fewer segments for the relay to move.
-    mtu = _py(egress_home, ebox, "import socket; print(open('/sys/class/net/eth0/mtu').read())")
-    assert mtu.stdout.strip() == b"65520", mtu
-    env = _py(egress_home, ebox, "import os; print(os.environ['HTTPS_PROXY'], "
-              "os.environ['no_proxy'])").stdout.decode()
-    assert env.startswith("http://egress-proxy:3128 ") and "127.0.0.1" in env
+    # The sandbox has no network at all: loopback only, where the proxy holds the port.
+    assert docker_inspect(ebox, "{{.HostConfig.NetworkMode}}") == "none"
+    code = r"""
+import os, socket
+print("IFACES", sorted(os.listdir("/sys/class/net")))
+print("HANDOFF", os.listdir("/sandbox-egress/handoff"))  # the proxy's socket is gone
+try:  # the sandbox's code cannot take the proxy's port over
+    socket.create_server(("127.0.0.1", 3128)); print("BOUND")
+except OSError as e:
+    print("INUSE", e.errno)
+print("ENV", os.environ["HTTPS_PROXY"], os.environ["no_proxy"])
+"""
+    out = _py(egress_home, ebox, code).stdout.decode()
+    assert "IFACES ['lo']" in out and "HANDOFF []" in out, out
+    assert "INUSE" in out and "BOUND" not in out, out
+    assert "ENV http://127.0.0.1:3128 " in out and "127.0.0.1" in out.split("ENV")[1], out
+    # The first process, which made the port and handed it over, is now the sandbox's sleep
+    # (root without capabilities: the code, another uid, cannot signal it).
+    main = _docker("exec", ebox, "cat", "/proc/1/task/1/children")
+    comm = _docker("exec", ebox, "cat", f"/proc/{main.split()[0]}/comm")
+    assert comm == "sleep", comm
 
 
 def test_flood_of_connections_is_bounded(egress_home: Home, ebox: str) -> None:
@@ -433,7 +444,7 @@ import socket, time
 held, busy = [], 0
 for i in range(300):
     try:
-        c = socket.create_connection(("egress-proxy", 3128), timeout=10)
+        c = socket.create_connection(("127.0.0.1", 3128), timeout=10)
     except OSError:
         busy += 1
         continue
@@ -491,12 +502,12 @@ def test_purge_removes_proxy_network_and_log_and_spares_other_homes(
     try:
         mine("start", "--name", f"mine-{upstream.tag}", *args, check=True)
         other("start", "--name", f"other-{upstream.tag}", *args, check=True)
-        assert all(len(p) == 1 for p in _egress_pieces(mine.label()))
+        assert tuple(map(len, _egress_pieces(mine.label()))) == (1, 0)  # a proxy, no network
         removed = json.loads(mine("purge", "--all", "--json", check=True).stdout)
         assert removed == {"removed": [f"mine-{upstream.tag}"]}
         assert _egress_pieces(mine.label()) == ([], [])
         assert not (tmp_path / "a" / "home" / "egress" / f"mine-{upstream.tag}").exists()
-        assert all(len(p) == 1 for p in _egress_pieces(other.label()))
+        assert tuple(map(len, _egress_pieces(other.label()))) == (1, 0)
         assert "STATUS 200" in _fetch(other, f"other-{upstream.tag}",
                                       "http://allowed.example.test:8000/")
     finally:
@@ -531,8 +542,7 @@ def test_ttl_expiry_removes_proxy_and_network(upstream: Upstream, tmp_path: Path
             assert time.monotonic() < deadline, "proxy outlived its TTL"
             time.sleep(0.5)
         # Once its record has expired (a moment after its proxy: the record's expiry is
-        # stamped just before the sandbox's container starts), the sweep of `ls` ends the
-        # expired sandbox's network at once.
+        # stamped just before the sandbox's container starts), nothing of it is left.
         while json.loads(home("ls", "--json", check=True).stdout)[0]["status"] != "expired":
             assert time.monotonic() < deadline + 10, "the record never expired"
             time.sleep(0.5)
@@ -568,6 +578,43 @@ def test_missing_egress_network_is_clean_failure(docker_engine: None, tmp_path: 
     assert _egress_pieces(home.label()) == ([], [])
     assert json.loads(home("ls", "--json", check=True).stdout) == []
     assert not _docker("ps", "-aq", "--filter", "name=^nonet$")
+
+
+def test_sandbox_image_without_python_is_clean_failure(upstream: Upstream,
+                                                      tmp_path: Path) -> None:
+    # The proxy's image has python3, the sandbox's not: its first process cannot hand the
+    # proxy its port. One line, exit 2, and nothing left, found within seconds.
+    from tests.conftest import BUSYBOX_IMAGE
+
+    home = Home(tmp_path)
+    began = time.monotonic()
+    proc = home("start", "--image", BUSYBOX_IMAGE, "--proxy-image", PYTHON_IMAGE,
+                "--allow-host", "allowed.example.test:8000", "--egress-network",
+                upstream.network)
+    assert proc.returncode == 2, proc.stderr
+    assert b"python3 in the sandbox's image" in proc.stderr and proc.stderr.count(b"\n") == 1
+    assert time.monotonic() - began < 15
+    assert _egress_pieces(home.label()) == ([], [])
+    assert json.loads(home("ls", "--json", check=True).stdout) == []
+    assert not (tmp_path / "home" / "egress").exists() or \
+        not any((tmp_path / "home" / "egress").iterdir())
+
+
+def test_an_earlier_versions_egress_network_is_removed(docker_engine: None,
+                                                       tmp_path: Path) -> None:
+    # Earlier versions gave each such sandbox an --internal network: purge still ends it.
+    home = Home(tmp_path)
+    home("ls", check=True)  # makes the home, whose label the network carries
+    net = f"sandbox-egress-old-{uuid.uuid4().hex[:8]}"
+    _docker("network", "create", "--internal", "--label", "sandbox-cli.egress=1",
+            "--label", "sandbox-cli.managed=1", "--label", f"sandbox-cli.home={home.label()}",
+            "--label", "sandbox-cli.name=old", net)
+    try:
+        assert _egress_pieces(home.label())[1]
+        home("purge", "--all", check=True)
+        assert _egress_pieces(home.label()) == ([], [])
+    finally:
+        _docker("network", "rm", net, check=False)
 
 
 def test_proxy_image_without_python_is_clean_failure(docker_engine: None, tmp_path: Path) -> None:

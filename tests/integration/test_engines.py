@@ -278,3 +278,34 @@ def test_large_files_through_files_not_pipes(ebox, sandbox: Runner, tmp_path: Pa
                             capture_output=True, cwd=tmp_path, timeout=120)
     assert reader.stdout == data[:10]
     assert b"Traceback" not in reader.stderr
+
+
+def test_egress_where_the_engine_sees_our_files(docker_engine: None, sandbox: Runner) -> None:
+    """--allow-host on each engine: where the engine sees this machine's files (the local
+    Docker, Podman), the sandbox reaches its proxy (which refuses what is not listed) and
+    purge ends both at once; elsewhere (a remote engine; gVisor, whose sockets cannot be
+    handed over) one line, exit 2, and nothing made."""
+    proc = sandbox("start", "--image", PYTHON_IMAGE, "--allow-host", "allowed.test:8000")
+    name = proc.stdout.decode().strip()
+    try:
+        if ENGINE in ("remote", "gvisor"):
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.count(b"\n") == 1 and b"--allow-host" in proc.stderr
+            assert _ls(sandbox) == {}
+            return
+        assert proc.returncode == 0, proc.stderr
+        code = ("import urllib.request as u\ntry: u.urlopen('http://denied.test/', timeout=20)"
+                "\nexcept Exception as e: print(e)")
+        out = sandbox("exec", name, "python3", "-c", code, check=True).stdout.decode()
+        assert "403" in out, out
+        assert _ls(sandbox)[name]["allow_hosts"] == ["allowed.test:8000"]
+        assert "refused\tdenied.test:80" in sandbox("egress", name, check=True).stdout.decode()
+    finally:
+        began = time.monotonic()
+        sandbox("purge", "--all", check=True)
+        assert time.monotonic() - began < 8  # the proxy is killed, not asked to stop
+    left = subprocess.run([DOCKER, "ps", "-aq", "--filter", "label=sandbox-cli.egress=1",
+                           "--filter", f"label=sandbox-cli.name={name}"],
+                          capture_output=True, text=True, timeout=60)
+    assert left.returncode == 0 and left.stdout.strip() == ""
+

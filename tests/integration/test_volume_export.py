@@ -22,6 +22,9 @@ from tests.conftest import BUSYBOX_IMAGE, DOCKER, PYTHON_IMAGE, Runner, tree_of
 pytestmark = pytest.mark.engines
 
 ENGINE = os.environ.get("SANDBOX_TEST_ENGINE", "main")
+# gVisor keeps a FIFO made inside it in its own file system: the volume, and so the engine's
+# tar stream, never has it (nothing to skip, nothing copied).
+FIFOS_SEEN = ENGINE != "gvisor"
 QUICK = 90  # seconds: a FIFO opened or a sparse terabyte streamed would blow through this
 
 
@@ -88,8 +91,8 @@ def test_copy_from_a_hostile_volume_follows_nothing_and_counts_what_it_skips(
     # it is not fetched (README) but skipped and counted.
     fetched = ENGINE != "podman"
     # (the engine leaves sockets out of its stream; the deep folders end before PATH_MAX)
-    assert {k: skipped[k] for k in ("fifo", "link", "name")} == {
-        "fifo": 1, "link": 3, "name": 2}, skipped
+    assert {k: skipped.get(k, 0) for k in ("fifo", "link", "name")} == {
+        "fifo": 1 if FIFOS_SEEN else 0, "link": 3, "name": 2}, skipped
     assert set(skipped) <= {"fifo", "link", "name", "long", "socket",
                             *(() if fetched else ("hardlink",))}, skipped
     assert fetched or skipped["hardlink"] == 1, skipped
@@ -214,5 +217,6 @@ def test_run_copy_out_from_a_volume(docker_engine: None, sandbox: Runner,
                    "mkdir out && echo r > out/r.txt && mkfifo out/p; exit 3", timeout=QUICK)
     assert proc.returncode == 3, proc.stderr
     assert (dest / "out" / "r.txt").read_text() == "r\n"
-    assert b"skipped 1: 1 fifo" in proc.stderr
+    assert (b"skipped 1: 1 fifo" in proc.stderr) == FIFOS_SEEN, proc.stderr
+    assert sorted(p.name for p in (dest / "out").iterdir()) == ["r.txt"]
     assert sandbox("ls", "--json").stdout.strip() == b"[]"

@@ -7,6 +7,8 @@ import ipaddress
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,21 +183,11 @@ def test_project_file_adding_hosts_is_a_loosening() -> None:
 
 def _plan(**overrides: object) -> egress.Plan:
     values: dict[str, object] = dict(
-        sandbox="box", home_label="abc", network="sandbox-egress-box-1",
-        proxy="sandbox-egress-box-1",
+        sandbox="box", home_label="abc", proxy="sandbox-egress-box-1",
         allow=["pypi.org"], egress_network="bridge", image="python:alpine",
         user="65534:65534", log_dir="/h/egress/box", lifetime=3600, deny=["192.0.2.2"])
     values.update(overrides)
     return egress.Plan(**values)  # type: ignore[arg-type]
-
-
-def test_network_is_internal_without_a_host_address() -> None:
-    argv = egress.network_create_argv(_plan())
-    assert argv[1:4] == ["network", "create", "--internal"]
-    assert "com.docker.network.bridge.inhibit_ipv4=true" in argv
-    assert f"com.docker.network.driver.mtu={egress.INTERNAL_MTU}" in argv
-    assert "sandbox-cli.home=abc" in argv and "sandbox-cli.name=box" in argv
-    assert argv[-1] == "sandbox-egress-box-1"
 
 
 def test_proxy_argv_is_locked_down() -> None:
@@ -205,30 +197,45 @@ def test_proxy_argv_is_locked_down() -> None:
     for flag in ("--rm", "--cap-drop ALL", "--security-opt no-new-privileges",
                  "--user 65534:65534", "--read-only", "--pids-limit", "--memory 128m",
                  "--memory-swap 128m", "--no-healthcheck", "--network bridge",
-                 "--ready /log/ready", "--listen-name egress-listen-0123abcd", "--allow pypi.org",
-                 "--deny-addr 192.0.2.2",
+                 "--ready /log/ready", "--handoff /log/handoff/proxy.sock",
+                 "--allow pypi.org", "--deny-addr 192.0.2.2",
                  "--lifetime 3600", f"source={egress.proxy_program_path()},target="
-                 f"{egress.PROXY_PROGRAM},readonly"):
+                 f"{egress.PROXY_PROGRAM},readonly", "source=/h/egress/box,target=/log"):
         assert flag in joined, flag
+    assert argv.count("--network") == 1  # the egress network only: no network with the box
     assert "sandbox-cli.managed=1" not in argv  # not a sandbox to ls or purge
+    assert "sandbox-cli.attempt=0123abcd" in argv
     assert "--init" not in argv  # python3 is PID 1: an image without it fails `docker start`
     assert "--lifetime" not in egress.proxy_create_argv(_plan(lifetime=None))
-    assert egress.network_connect_argv("net", "p", "egress-listen-1")[-6:] == [
-        "--alias", "egress-proxy", "--alias", "egress-listen-1", "net", "p"]
     assert egress.proxy_start_argv("p")[1:] == ["start", "p"]
     assert os.path.isfile(egress.proxy_program_path())
 
 
-def test_sandbox_gets_the_internal_network_and_proxy_variables() -> None:
+def test_sandbox_has_no_network_and_hands_off_its_port() -> None:
+    plan = _plan()
     spec = docker.RunSpec(name="box", image="img", volume="/v", user="1:1", home_label="h",
-                          ttl_seconds=10,
-                          network_options=egress.sandbox_network_options(_plan()))
+                          ttl_seconds=10, mounts=egress.sandbox_mounts(plan),
+                          main_prefix=egress.sandbox_main_prefix())
     argv = docker.run_argv(spec)
-    assert argv[argv.index("--network") + 1] == "sandbox-egress-box-1"
-    assert argv.count("--network") == 1
-    assert argv[argv.index("--dns") + 1] == "127.0.0.1"
+    assert argv[argv.index("--network") + 1] == "none" and argv.count("--network") == 1
+    assert "--dns" not in argv
+    # The main process: the handoff (by the image's python3), which then becomes the sleep.
+    assert argv[argv.index("--entrypoint") + 1] == "python3"
+    assert argv[argv.index("img") + 1:] == [
+        "-I", "-S", egress.HANDOFF_PROGRAM, "/sandbox-egress/handoff/proxy.sock", "3128", "--",
+        "sleep", "10"]
+    mounts = [argv[i + 1] for i, a in enumerate(argv) if a == "--mount"]
+    assert f"type=bind,source={egress.handoff_program_path()},target=" \
+        f"{egress.HANDOFF_PROGRAM},readonly" in mounts
+    assert "type=bind,source=/h/egress/box/handoff,target=/sandbox-egress/handoff,readonly" \
+        in mounts
+    assert os.path.isfile(egress.handoff_program_path())
+    # run's one-shot container: the handoff, then the command itself (behind the TTL script).
+    once = docker.create_argv(spec, ["python3", "job.py"])
+    assert once[-9:] == ["python3", "-I", "-S", egress.HANDOFF_PROGRAM,
+                         "/sandbox-egress/handoff/proxy.sock", "3128", "--", "python3", "job.py"]
     env = egress.sandbox_env()
-    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress-proxy:3128"
+    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://127.0.0.1:3128"
     assert "127.0.0.1" in env["NO_PROXY"] and env["NO_PROXY"] == env["no_proxy"]
 
 
@@ -262,16 +269,102 @@ def test_bad_allow_host_is_exit_2(fake_docker: tuple[Path, dict[str, str]],
 
 
 def test_proxy_arguments_without_argparse() -> None:
-    settings = proxy._arguments(["--listen-name", "egress-listen-1", "--allow", "pypi.org",
+    settings = proxy._arguments(["--handoff", "/log/handoff/proxy.sock", "--allow", "pypi.org",
                                  "--allow", "*.example.com:8443", "--deny-addr", "192.0.2.2",
                                  "--lifetime", "60", "--ready", "/log/ready"])
-    assert settings.listen == "egress-listen-1" and settings.port == proxy.PROXY_PORT
+    assert settings.handoff == "/log/handoff/proxy.sock" and settings.port == proxy.PROXY_PORT
     assert [r.text() for r in settings.rules] == ["pypi.org", "*.example.com:8443"]
     assert settings.denied == {ipaddress.ip_address("192.0.2.2")}
     assert settings.lifetime == 60.0 and settings.ready == "/log/ready"
-    for bad in (["--allow", "x.org"], ["--listen-name"], ["--listen-name", "a", "--bogus", "1"]):
+    for bad in (["--allow", "x.org"], ["--handoff"], ["--handoff", "a", "--bogus", "1"]):
         with pytest.raises(SystemExit):
             proxy._arguments(bad)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_handoff_gives_the_proxy_the_listening_socket_once(tmp_path: Path) -> None:
+    """The sandbox's first process (egress_handoff) and the proxy (_take_port), here in two
+    threads: the proxy ends up holding the one socket listening on the port, the handoff's
+    copy is closed, and the Unix socket is gone (nothing can hand anything over again)."""
+    import socket
+    import threading
+
+    from sandbox_cli import egress_handoff
+
+    path, port = str(tmp_path / "proxy.sock"), _free_port()
+    taken: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: taken.append(proxy._take_port(path, port, 10)))
+    thread.start()
+    egress_handoff.hand_off(path, port, wait=10)
+    thread.join(10)
+    listener = taken[0]
+    try:
+        assert not os.path.lexists(path)
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn, _ = listener.accept()
+        client.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        for sock in (client, conn):
+            sock.close()
+        with pytest.raises(OSError):  # the handoff's own copy is closed: the port is ours
+            socket.create_server(("127.0.0.1", port))
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", ["udp", "not-listening", "other-port"])
+def test_proxy_refuses_a_socket_that_is_not_the_sandbox_port(tmp_path: Path, kind: str) -> None:
+    import array
+    import socket
+    import threading
+
+    path, port = str(tmp_path / "proxy.sock"), _free_port()
+    failed: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            proxy._take_port(path, port, 10)
+        except SystemExit as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    bad = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp"
+                        else socket.SOCK_STREAM)
+    bad.bind(("127.0.0.1", port if kind != "other-port" else 0))
+    if kind == "other-port":
+        bad.listen(1)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.connect(path)
+        unix.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               array.array("i", [bad.fileno()]).tobytes())])
+        assert unix.recv(1) == b""  # no "k": the handoff fails, the command never runs
+    thread.join(10)
+    bad.close()
+    assert failed and "not its port" in str(failed[0])
+    assert not os.path.lexists(path)
+
+
+def test_handoff_without_a_proxy_is_exit_125_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    args = [str(tmp_path / "none.sock"), str(_free_port()), "--", "touch", str(marker)]
+    code = ("import sys, sandbox_cli.egress_handoff as h; h.WAIT = 0.2; "
+            f"sys.exit(h.main({args!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 125 and "egress proxy" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and not marker.exists()
 
 
 def test_relayed_sockets_get_tcp_nodelay() -> None:
