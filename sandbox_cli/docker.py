@@ -113,6 +113,7 @@ class RunSpec(NamedTuple):
     cap_add: Sequence[str] = ()
     storage: str = "bind"  # VOLUME is a host folder to bind, or (volume) an engine volume
     mounts: Sequence[str] = ()  # more --mount values (egress: the handoff, read-only)
+    network_mode: str = ""  # replaces bridge/none (egress: `container:ID` of the port holder)
     # Runs first as the main process and then becomes it (egress: the handoff, which hands
     # the proxy a port on the sandbox's loopback, then execs the sleep or run's command).
     main_prefix: Sequence[str] = ()
@@ -179,7 +180,9 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
     MAIN_USER runs the main process: root (without capabilities) for a sandbox that sleeps,
     the sandbox user for run's one-shot command."""
     argv = [
-        "--name", spec.name, "--hostname", spec.name,
+        "--name", spec.name,
+        # (one that joins another's network namespace has that one's hostname: the holder's)
+        *([] if spec.network_mode.startswith("container:") else ["--hostname", spec.name]),
         *(["--label", f"{LABEL_MANAGED}=1"] if spec.managed else []),
         "--label", f"{LABEL_HOME}={spec.home_label}",
         "--label", f"{LABEL_NAME}={spec.name}",
@@ -188,7 +191,7 @@ def _container_options(spec: RunSpec, *, main_user: str) -> list[str]:
         "--label", f"{LABEL_EXPIRES}={spec.expires_at}",
         *(["--label", f"{LABEL_ATTEMPT}={spec.attempt}"] if spec.attempt else []),
         *(["--label", f"{LABEL_HOME_DIR}={spec.home_dir}"] if spec.home_dir else []),
-        "--network", "bridge" if spec.network else "none",
+        "--network", spec.network_mode or ("bridge" if spec.network else "none"),
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
         "--user", main_user,

@@ -237,6 +237,49 @@ def handoff_dir(plan: Plan) -> str:
     return os.path.join(plan.log_dir, HANDOFF_FOLDER)
 
 
+def uses_holder(plan: Plan) -> bool:
+    """Whether the handoff runs in a port holder (a --proxy-image other than the sandbox's
+    image: the sandbox's may have no python3) rather than as the sandbox's first process."""
+    return plan.image != plan.sandbox_image
+
+
+HOLDER_MEMORY = "64m"
+
+
+def holder_run_argv(plan: Plan) -> list[str]:
+    """`docker run -d` of the port holder: a container of the proxy image with no network
+    (loopback only) whose first process does the handoff, then sleeps out the sandbox's
+    lifetime; the sandbox joins its network namespace (`--network container:ID`), so the
+    port the proxy holds is on the sandbox's loopback, and the sandbox's image needs nothing.
+    Locked down like the proxy, labelled like it (removed with it, by label)."""
+    sleep_for = docker.SLEEP_FOREVER if plan.lifetime is None else str(plan.lifetime)
+    mounts = [a for mount in sandbox_mounts(plan) for a in ("--mount", mount)]
+    return [
+        docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
+        "--name", f"{plan.proxy}-port", "--hostname", plan.sandbox, *_labels(plan),
+        "--network", "none", "--init",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
+        "--read-only", "--pids-limit", "8",
+        "--memory", HOLDER_MEMORY, "--memory-swap", HOLDER_MEMORY, "--cpus", "0.5",
+        "--no-healthcheck", "--log-driver", "none", *mounts,
+        "--entrypoint", "python3", plan.image, *sandbox_main_prefix()[1:], "sleep", sleep_for,
+    ]
+
+
+def start_holder(plan: Plan, pull: Callable[[str], None]) -> str:
+    """Run the port holder (pulling the proxy image once if missing); its container id."""
+    from .errors import ImageError
+
+    try:
+        try:
+            return docker.run_docker(holder_run_argv(plan)).stdout.strip()
+        except ImageError:
+            pull(plan.image)
+            return docker.run_docker(holder_run_argv(plan)).stdout.strip()
+    except DockerError as exc:
+        raise _in_words(plan, exc) from None
+
+
 def sandbox_env() -> dict[str, str]:
     """The proxy variables pip, npm, curl, git and urllib read."""
     url = f"http://127.0.0.1:{PROXY_PORT}"
@@ -389,10 +432,13 @@ def wait_ready(plan: Plan, container_id: str) -> None:
             raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
         if now > look_at:
             if not _running(container_id) and not os.path.lexists(path):
+                if uses_holder(plan):
+                    raise InvalidInput(f"the egress port holder ended before it gave the proxy "
+                                       f"the sandbox's port: has {plan.image!r} python3?")
                 raise InvalidInput(
-                    f"the sandbox's first process ended before it handed its port to the "
-                    f"egress proxy: --allow-host needs python3 in the sandbox's image "
-                    f"({plan.sandbox_image or 'the image'} has none?)")
+                    f"the sandbox's first process ended before it handed its port to the egress "
+                    f"proxy: --allow-host needs python3 in the sandbox's image "
+                    f"({plan.sandbox_image!r} has none?), or a --proxy-image that has it")
             look_at = now + 0.5
         time.sleep(0.005)
 

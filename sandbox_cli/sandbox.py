@@ -492,9 +492,11 @@ def _prepare(store: StateStore, options: StartOptions, name: str | None,
     from . import egress
 
     plan.user = spec.user  # the proxy runs as the sandbox's user (never root, never you)
-    # No network (--network none, as ever): the handoff gives the proxy a port on loopback.
-    spec = spec._replace(mounts=egress.sandbox_mounts(plan),
-                         main_prefix=egress.sandbox_main_prefix())
+    # No network (--network none, as ever): the handoff gives the proxy a port on loopback,
+    # as the sandbox's first process, or in a port holder whose network the sandbox joins.
+    if not egress.uses_holder(plan):
+        spec = spec._replace(mounts=egress.sandbox_mounts(plan),
+                             main_prefix=egress.sandbox_main_prefix())
     # The proxy variables are in the container's own environment (the --env-file of docker
     # run/create), so every exec inherits them, as run's command does; the user's -e wins.
     # Last: the proxy is made while start goes on; every failure from here on goes through
@@ -557,11 +559,21 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
     try:
         if prepared.spec.storage == VOLUME:
             _make_volume(store, prepared.spec)
-        with docker.env_file(prepared.env) as env_path, _egress_started(prepared, progress):
-            container_id, spec = _create_container(prepared, env_path, build, progress,
-                                                   pull_output)
-        if prepared.egress is not None and build is docker.run_argv:
-            _egress_ready(prepared, container_id)  # (`run`'s command waits for it itself)
+        with docker.env_file(prepared.env) as env_path:
+            holder = _egress_holder(prepared, progress)
+            with _egress_started(prepared, progress):
+                if holder is None:
+                    container_id, spec = _create_container(prepared, env_path, build,
+                                                           progress, pull_output)
+                else:  # its handoff is under way beside the proxy's start
+                    holder_id = holder()
+            if holder is not None:  # the sandbox joins the holder's loopback, once ready
+                _egress_ready(prepared, holder_id)
+                prepared.spec = prepared.spec._replace(network_mode=f"container:{holder_id}")
+                container_id, spec = _create_container(prepared, env_path, build, progress,
+                                                       pull_output)
+            elif prepared.egress is not None and build is docker.run_argv:
+                _egress_ready(prepared, container_id)  # (`run`'s command waits itself)
         if spec.storage == VOLUME:
             _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
@@ -733,6 +745,20 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
     from . import egress
 
     return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
+
+
+def _egress_holder(prepared: _Prepared, progress: Progress | None
+                   ) -> Callable[[], str] | None:
+    """What starts the port holder, for a sandbox whose handoff runs in one (egress.
+    uses_holder), else None."""
+    if prepared.egress is None:
+        return None
+    from . import egress
+
+    plan = prepared.egress
+    if not egress.uses_holder(plan):
+        return None
+    return lambda: egress.start_holder(plan, lambda image: pull_image(image, progress))
 
 
 def _egress_ready(prepared: _Prepared, container_id: str) -> None:

@@ -580,17 +580,47 @@ def test_missing_egress_network_is_clean_failure(docker_engine: None, tmp_path: 
     assert not _docker("ps", "-aq", "--filter", "name=^nonet$")
 
 
-def test_sandbox_image_without_python_is_clean_failure(upstream: Upstream,
-                                                      tmp_path: Path) -> None:
-    # The proxy's image has python3, the sandbox's not: its first process cannot hand the
-    # proxy its port. One line, exit 2, and nothing left, found within seconds.
+def test_sandbox_image_without_python_gets_a_port_holder(upstream: Upstream,
+                                                        tmp_path: Path) -> None:
+    # A --proxy-image other than the sandbox's (which may have no python3): the handoff runs
+    # in a port holder of the proxy image, whose loopback the sandbox joins. busybox's wget
+    # reads http_proxy.
     from tests.conftest import BUSYBOX_IMAGE
 
     home = Home(tmp_path)
+    name = "egh-" + uuid.uuid4().hex[:8]
+    try:
+        home("start", "--name", name, "--image", BUSYBOX_IMAGE, "--proxy-image", PYTHON_IMAGE,
+             "--allow-host", "allowed.example.test:8000", "--egress-network", upstream.network,
+             check=True)
+        assert tuple(map(len, _egress_pieces(home.label()))) == (2, 0)  # proxy and holder
+        allowed = home("exec", name, "wget", "-q", "-O-", "http://allowed.example.test:8000/")
+        assert allowed.returncode == 0 and b"<html" in allowed.stdout.lower(), allowed.stderr
+        denied = home("exec", name, "wget", "-q", "-O-", "http://denied.example.test:8000/")
+        assert denied.returncode != 0 and b"403" in denied.stderr, denied.stderr
+        direct = home("exec", name, "wget", "-Y", "off", "-T", "5", "-q", "-O-",
+                      f"http://{upstream.ip('allowed')}:8000/")
+        assert direct.returncode != 0, direct.stdout
+        nets = home("exec", name, "ls", "/sys/class/net", check=True).stdout.split()
+        assert nets == [b"lo"]
+        home("disconnect", name, check=True)
+        assert _egress_pieces(home.label()) == ([], [])
+        after = home("exec", name, "wget", "-T", "5", "-q", "-O-",
+                     "http://allowed.example.test:8000/")
+        assert after.returncode != 0
+    finally:
+        home("purge", "--all")
+    assert _egress_pieces(home.label()) == ([], [])
+
+
+def test_sandbox_that_cannot_run_the_handoff_is_clean_failure(upstream: Upstream,
+                                                              tmp_path: Path) -> None:
+    # The sandbox's first process cannot find python3 (here a PATH of the user's hides it):
+    # one line, exit 2, and nothing left, found within seconds.
+    home = Home(tmp_path)
     began = time.monotonic()
-    proc = home("start", "--image", BUSYBOX_IMAGE, "--proxy-image", PYTHON_IMAGE,
-                "--allow-host", "allowed.example.test:8000", "--egress-network",
-                upstream.network)
+    proc = home("start", "--image", PYTHON_IMAGE, "-e", "PATH=/nowhere", "--allow-host",
+                "allowed.example.test:8000", "--egress-network", upstream.network)
     assert proc.returncode == 2, proc.stderr
     assert b"python3 in the sandbox's image" in proc.stderr and proc.stderr.count(b"\n") == 1
     assert time.monotonic() - began < 15

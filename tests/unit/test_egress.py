@@ -380,3 +380,26 @@ def test_relayed_sockets_get_tcp_nodelay() -> None:
     finally:
         for sock in (client, server, listener):
             sock.close()
+
+
+def test_port_holder_for_a_proxy_image_other_than_the_sandboxs() -> None:
+    assert not egress.uses_holder(_plan(sandbox_image="python:alpine"))
+    plan = _plan(sandbox_image="busybox", attempt="0123abcd")
+    assert egress.uses_holder(plan)
+    argv = egress.holder_run_argv(plan)
+    joined = " ".join(argv)
+    for flag in ("run -d --rm --pull never", "--network none", "--init", "--cap-drop ALL",
+                 "--security-opt no-new-privileges", "--user 65534:65534", "--read-only",
+                 "--memory 64m", "--no-healthcheck", "--log-driver none",
+                 "--hostname box", "sandbox-cli.egress=1", "sandbox-cli.attempt=0123abcd",
+                 "target=/sandbox-egress/handoff,readonly"):
+        assert flag in joined, flag
+    assert argv[argv.index("python:alpine") + 1:] == [
+        "-I", "-S", egress.HANDOFF_PROGRAM, "/sandbox-egress/handoff/proxy.sock", "3128", "--",
+        "sleep", "3600"]
+    # The sandbox joins its network namespace (and so has its hostname: docker refuses both).
+    spec = docker.RunSpec(name="box", image="busybox", volume="/v", user="1:1", home_label="h",
+                          ttl_seconds=10, network_mode="container:abc")
+    box = docker.run_argv(spec)
+    assert box[box.index("--network") + 1] == "container:abc" and "--hostname" not in box
+    assert box[box.index("--entrypoint") + 1] == "sleep"
