@@ -529,9 +529,15 @@ def diff(
 @app.command()
 def disconnect(name: NameArg, json_out: JsonOpt = False) -> None:
     """Detach a sandbox from every network; published ports stop answering."""
-    left = sandbox.disconnect(_store(), name)
+    store = _store()
+    record = store.get(name)
+    proxied = record is not None and "allow_hosts" in record.options  # (dropped once ended)
+    left = sandbox.disconnect(store, name)
     if json_out:
         ui.emit_json({"name": name, "disconnected": left})
+        return
+    if proxied:
+        ui.info(f"{name}: egress proxy removed: nothing goes out")
         return
     ui.info(
         f"{name}: disconnected from {', '.join(left)}"
@@ -621,9 +627,10 @@ def egress_log(name: NameArg, json_out: JsonOpt = False) -> None:
     if json_out:
         ui.emit_json(rows)
         return
-    for row in rows:
-        reason = f"\t{row['reason']}" if row["reason"] else ""
-        ui.data(f"{row['time']}\t{row['verdict']}\t{row['host']}:{row['port']}{reason}")
+    for row in rows:  # host and reason come from what the sandbox sent: printable only
+        reason = f"\t{ui.printable(row['reason'])}" if row["reason"] else ""
+        ui.data(f"{ui.printable(row['time'])}\t{row['verdict']}\t"
+                f"{ui.printable(row['host'])}:{row['port']}{reason}")
     if not rows:
         ui.info(f"{name}: no attempts yet")
 

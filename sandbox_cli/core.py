@@ -101,6 +101,18 @@ class RunResult:
         return out.exit_code if isinstance(out, execute.ExecResult) else out.code
 
 
+def _blame_handoff_too(outcome: execute.Outcome | execute.ExecResult
+                       ) -> execute.Outcome | execute.ExecResult:
+    """With --allow-host, `run`'s first program is the egress handoff (by the image's
+    python3): a "not found" may be it, not the command."""
+    hint = " (or python3, which --allow-host's handoff runs first)"
+    if isinstance(outcome, execute.ExecResult):
+        outcome.not_started += hint
+        outcome.stderr = f"{execute.PREFIX}{outcome.not_started}\n".encode()
+        return outcome
+    return outcome._replace(not_started=outcome.not_started + hint)
+
+
 def run_once(store: StateStore, options: StartOptions, command: Sequence[str], *,
              name: str | None = None, patterns: Sequence[str] = (),
              workdir: str | None = None, timeout: float | None = None,
@@ -144,6 +156,9 @@ def run_once(store: StateStore, options: StartOptions, command: Sequence[str], *
                 execute.stream(argv, stdin=stdin, timeout=timeout, stop=stop,
                                intercept=intercept, command=command),
                 record.container_id, began, options.memory)
+        code = outcome.exit_code if isinstance(outcome, execute.ExecResult) else outcome.code
+        if outcome.not_started and code == 127 and sandbox.hands_off_in_sandbox(record):
+            outcome = _blame_handoff_too(outcome)
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
         result = RunResult(record.name, outcome)

@@ -417,8 +417,9 @@ def _in_words(plan: Plan, exc: DockerError) -> SandboxError:
 def wait_ready(plan: Plan, container_id: str) -> None:
     """Until the proxy holds the sandbox's port (its `ready` file appears), bounded. The
     proxy's own failure (written to ERRORS_FILE: it has no docker log) ends the wait at once;
-    a sandbox whose first process has ended (an image without python3: it cannot run the
-    handoff) ends it after ALIVE_AFTER, when the container is found gone."""
+    after ALIVE_AFTER, so does a proxy found gone (it died before it could write), or a
+    CONTAINER_ID (the sandbox, or its port holder) whose first process has ended (an image
+    without python3: it cannot run the handoff)."""
     import time
 
     path = os.path.join(plan.log_dir, READY_FILE)
@@ -431,6 +432,11 @@ def wait_ready(plan: Plan, container_id: str) -> None:
             why = failed or f"it did not take the sandbox's port within {READY_TIMEOUT:g}s"
             raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
         if now > look_at:
+            proxy_id = plan.job.proxy_id if plan.job is not None else ""
+            if proxy_id and not _running(proxy_id) and not os.path.lexists(path):
+                why = _proxy_failure(plan) or "it exited before it took the sandbox's port"
+                raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}",
+                                  [], 1, "")
             if not _running(container_id) and not os.path.lexists(path):
                 if uses_holder(plan):
                     raise InvalidInput(f"the egress port holder ended before it gave the proxy "
@@ -525,9 +531,8 @@ def provisioned(plan: Plan, pull: Callable[[str], None]) -> Iterator[None]:
         job.join()  # also after a failure: the caller's cleanup must not race the proxy
     from .errors import ImageError
 
-    if isinstance(job.error, ImageError):  # not here yet: pull, then the slow way
-        pull(plan.image)
-        _start_proxy(plan, _create_proxy(plan, lambda _image: None))
+    if isinstance(job.error, ImageError):  # pulled since (the holder's), or pull it now
+        _start_proxy(plan, _create_proxy(plan, pull))
     elif job.error is not None:
         raise job.error
 
@@ -659,7 +664,8 @@ def record_options(plan: Plan | None) -> dict[str, Any]:
     """What the state record keeps of the egress (flat values only)."""
     if plan is None:
         return {}
-    return {"allow_hosts": list(plan.allow), "egress_network": plan.egress_network}
+    return {"allow_hosts": list(plan.allow), "egress_network": plan.egress_network,
+            **({"port_holder": True} if uses_holder(plan) else {})}
 
 
 # --- the attempt log --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ in between), waits for the proxy's one-byte answer, drops its own copy and becom
 (the sandbox's sleep, or `run`'s command). The sandbox itself has no network at all
 (`--network none`): that port is its only way out.
 
-Standard library only, any python3 (3.3+). Exit 125 with one line on stderr when the proxy
+Standard library only, any python3 (3.7+). Exit 125 with one line on stderr when the proxy
 does not take the socket in time: the command never runs without its proxy.
 """
 
@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 
-WAIT = 30.0  # seconds for the proxy to be there (it is started beside the sandbox)
+WAIT = 120.0  # seconds for the proxy to be there (started beside us; `start` watches it)
 FAILED = 125  # docker's own code for "the container could not run"
 
 
@@ -71,8 +71,12 @@ def main(argv: list[str]) -> int:
     try:
         os.execvp(argv[3], argv[3:])
     except OSError as exc:
-        sys.stderr.write(f"sandbox: cannot run {argv[3]}: {exc.strerror or exc}\n")
-        return 127 if isinstance(exc, FileNotFoundError) else 126
+        # Worded as run's TTL shell words it (docker.TTL_SCRIPT, whose $0 this is), whose
+        # place we take: `sandbox run` turns that line into its "command not found" error.
+        found = not isinstance(exc, FileNotFoundError)
+        sys.stderr.write(f"sandbox-ttl: exec: {argv[3]}: "
+                         f"{exc.strerror.lower() if found and exc.strerror else 'not found'}\n")
+        return 126 if found else 127
     return FAILED  # not reached
 
 

@@ -747,6 +747,12 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
     return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
 
 
+def hands_off_in_sandbox(record: SandboxRecord) -> bool:
+    """Whether the sandbox's first program is the egress handoff (--allow-host without a port
+    holder)."""
+    return "egress_network" in record.options and not record.options.get("port_holder")
+
+
 def _egress_holder(prepared: _Prepared, progress: Progress | None
                    ) -> Callable[[], str] | None:
     """What starts the port holder, for a sandbox whose handoff runs in one (egress.

@@ -360,7 +360,14 @@ def snapshot(store: StateStore, name: str, tag: str | None = None,
     base = _image_config(record.image)
     # The -e values are reset in the commit itself too: not even the intermediate image
     # (the parent of the snapshot, kept by the engine) holds them.
-    resets = [arg for line in _env_lines(base, record.env_keys) for arg in ("--change", line)]
+    # So are the egress proxy's variables: the snapshot's sandboxes have a proxy of their own
+    # or none (a stale HTTP_PROXY would send every request to a closed port).
+    reset_keys = list(record.env_keys)
+    if "egress_network" in record.options:
+        from .egress import sandbox_env
+
+        reset_keys += sandbox_env()
+    resets = [arg for line in _env_lines(base, reset_keys) for arg in ("--change", line)]
     argv = [docker.docker_binary(), "commit", *resets, container_ref(record)]
     committed = docker.run_docker(argv, timeout=docker.DEADLINE_CREATE).stdout.strip()
     if not re.fullmatch(r"(sha256:)?[0-9a-f]{64}", committed):
@@ -369,7 +376,7 @@ def snapshot(store: StateStore, name: str, tag: str | None = None,
         labels = {LABEL_SNAPSHOT: "1", docker.LABEL_HOME: store.label,
                   docker.LABEL_HOME_DIR: os.path.realpath(store.home),
                   LABEL_SNAPSHOT_OF: name, LABEL_SNAPSHOT_AT: now_iso()}
-        text = dockerfile(committed, base, record.env_keys, labels)
+        text = dockerfile(committed, base, reset_keys, labels)
         import tempfile  # here: ~20 ms to import, and every start loads this module
 
         with tempfile.TemporaryFile(dir=store.home) as context:

@@ -484,7 +484,8 @@ def test_disconnect_ends_egress(upstream: Upstream, tmp_path: Path) -> None:
         home("start", "--name", name, "--image", PYTHON_IMAGE, "--allow-host",
              "allowed.example.test:8000", "--egress-network", upstream.network, check=True)
         assert "STATUS 200" in _fetch(home, name, "http://allowed.example.test:8000/")
-        home("disconnect", name, check=True)
+        cut = home("disconnect", name, check=True)
+        assert cut.stderr == f"sandbox: {name}: egress proxy removed: nothing goes out\n".encode()
         assert _egress_pieces(home.label()) == ([], [])
         out = _fetch(home, name, "http://allowed.example.test:8000/")
         assert "STATUS 200" not in out and "ERROR" in out
@@ -773,3 +774,41 @@ def test_plain_start_with_allow_host_skips_typer_and_matches_the_typer_path(
     finally:
         home("purge", "--all")
     assert _egress_pieces(home.label()) == ([], [])
+
+
+def test_run_with_allow_host_reports_a_command_that_cannot_start(upstream: Upstream,
+                                                                 tmp_path: Path) -> None:
+    # run's first program is the handoff, which then becomes the command: a command that is
+    # missing or not executable is still run's one "sandbox: error:" line, 127 or 126 (a
+    # missing one may be the handoff's python3: the line says so).
+    home = Home(tmp_path)
+    args = ("--image", PYTHON_IMAGE, "--allow-host", "allowed.example.test:8000",
+            "--egress-network", upstream.network)
+    try:
+        missing = home("run", *args, "--", "no-such-command")
+        assert missing.returncode == 127, missing.stderr
+        assert missing.stderr.startswith(b"sandbox: error: command not found in the sandbox: "
+                                         b"'no-such-command'") and b"python3" in missing.stderr
+        assert missing.stderr.count(b"\n") == 1
+        denied = home("run", *args, "--", "/etc/passwd")
+        assert denied.returncode == 126 and denied.stderr.count(b"\n") == 1, denied.stderr
+        assert b"not executable" in denied.stderr
+        assert _egress_pieces(home.label()) == ([], [])
+    finally:
+        home("purge", "--all")
+
+
+def test_snapshot_of_an_egress_sandbox_drops_its_proxy_variables(upstream: Upstream,
+                                                                 egress_home: Home,
+                                                                 ebox: str) -> None:
+    # A sandbox started from the snapshot has a proxy of its own, or none: the old one's
+    # address must not come with the image.
+    tag = f"sandbox-test-egress-snap:{uuid.uuid4().hex[:8]}"
+    try:
+        egress_home("snapshot", ebox, "--tag", tag, check=True, timeout=300)
+        env = json.loads(_docker("image", "inspect", "-f", "{{json .Config.Env}}", tag))
+        values = dict(item.partition("=")[::2] for item in env)
+        assert values.get("HTTPS_PROXY", "") == "" and values.get("http_proxy", "") == "", env
+    finally:
+        _docker("rmi", "-f", tag, check=False)
+

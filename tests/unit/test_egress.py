@@ -403,3 +403,54 @@ def test_port_holder_for_a_proxy_image_other_than_the_sandboxs() -> None:
     box = docker.run_argv(spec)
     assert box[box.index("--network") + 1] == "container:abc" and "--hostname" not in box
     assert box[box.index("--entrypoint") + 1] == "sleep"
+
+
+@pytest.mark.parametrize("head", [
+    b"CONNECT \x1b]0;pwned\x07a.test:443 HTTP/1.1\r\n\r\n",
+    b"CONNECT a.test:443\nallowed HTTP/1.1\r\n\r\n",
+    b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\rX: y\r\n\r\n",
+    b"GET http://a.test/\x00 HTTP/1.1\r\n\r\n",
+])
+def test_request_heads_with_control_characters_are_refused(head: bytes) -> None:
+    with pytest.raises(proxy._Refused) as refused:
+        proxy._parse_head(head)
+    assert refused.value.code == 400
+    assert proxy._parse_head(b"GET http://a.test/ HTTP/1.1\r\nX: a\tb\r\n\r\n")[0] == "GET"
+
+
+def test_egress_listing_shows_what_the_sandbox_sent_as_printable(tmp_path: Path) -> None:
+    # An older log (or a proxy of an older version) may hold what the sandbox sent: the
+    # listing never hands the terminal an escape sequence or a forged line.
+    home = tmp_path / "home"
+    store = StateStore(str(home))
+    store.ensure_dirs()
+    from sandbox_cli.state import SandboxRecord
+
+    with store.transaction() as records:
+        records["box"] = SandboxRecord(name="box", container_id="c" * 64, image="img",
+                                       created_at="2026-12-01T00:00:00Z", expires_at=None,
+                                       options={"egress_network": "bridge"})
+    folder = Path(egress.log_dir(store, "box"))
+    folder.mkdir(parents=True)
+    entry = {"time": "2026-12-01T00:00:00Z", "host": "\x1b]0;x\x07a.test\nforged",
+             "port": 443, "verdict": "refused", "method": "CONNECT", "reason": "no\x1b[2J"}
+    (folder / "egress.log").write_text(json.dumps(entry) + "\n")
+    proc = subprocess.run([*CLI, "egress", "box"], capture_output=True, text=True,
+                          env={**os.environ, "SANDBOX_HOME": str(home), "NO_COLOR": "1"},
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert proc.stdout.count("\n") == 1 and "\\x1b" in proc.stdout, proc.stdout
+
+
+def test_proxy_on_a_python_too_old_says_so_in_its_errors_file(tmp_path: Path) -> None:
+    # A proxy image with python3 older than 3.10 (Debian bullseye's 3.9): the reason goes to
+    # --errors, where `sandbox start` reads it, before the program fails on 3.10 syntax.
+    errors = tmp_path / "errors"
+    code = ("import runpy, sys; sys.version_info = (3, 9, 2); "
+            f"sys.argv = ['proxy', '--errors', {str(errors)!r}]; "
+            f"runpy.run_path({egress.proxy_program_path()!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 1 and "needs Python 3.10" in proc.stderr, proc.stderr
+    assert "needs Python 3.10 or newer" in errors.read_text()
