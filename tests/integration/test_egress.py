@@ -812,3 +812,31 @@ def test_snapshot_of_an_egress_sandbox_drops_its_proxy_variables(upstream: Upstr
     finally:
         _docker("rmi", "-f", tag, check=False)
 
+
+
+def test_proxy_that_dies_at_once_is_found_within_seconds(upstream: Upstream,
+                                                         tmp_path: Path) -> None:
+    # A proxy image whose python3 runs and exits at once, before the proxy's own code can
+    # write why (an interpreter too old to parse it, say): `start` finds the proxy gone.
+    from tests.conftest import BUSYBOX_IMAGE
+
+    tag = f"sandbox-test-deadpy:{uuid.uuid4().hex[:8]}"
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {BUSYBOX_IMAGE}\nRUN printf '#!/bin/sh\\nexit 1\\n' > /bin/python3 "
+        "&& chmod 755 /bin/python3\n")
+    _docker("build", "-q", "-t", tag, str(context), timeout=120)
+    home = Home(tmp_path)
+    try:
+        began = time.monotonic()
+        proc = home("start", "--image", PYTHON_IMAGE, "--proxy-image", tag, "--allow-host",
+                    "allowed.example.test:8000", "--egress-network", upstream.network)
+        assert proc.returncode != 0 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert b"egress" in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
+        assert time.monotonic() - began < 10
+        assert _egress_pieces(home.label()) == ([], [])
+        assert json.loads(home("ls", "--json", check=True).stdout) == []
+    finally:
+        home("purge", "--all")
+        _docker("rmi", "-f", tag, check=False)
