@@ -429,7 +429,8 @@ def wait_ready(plan: Plan, container_id: str) -> None:
         now = time.monotonic()
         failed = _proxy_failure(plan)
         if failed or now > began + READY_TIMEOUT:
-            why = failed or f"it did not take the sandbox's port within {READY_TIMEOUT:g}s"
+            why = failed or (f"it did not take the sandbox's port within {READY_TIMEOUT:g}s"
+                             " (a gVisor or VM runtime cannot hand its socket over)")
             raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
         if now > look_at:
             proxy_id = plan.job.proxy_id if plan.job is not None else ""
