@@ -268,14 +268,20 @@ def holder_run_argv(plan: Plan) -> list[str]:
 
 def start_holder(plan: Plan, pull: Callable[[str], None]) -> str:
     """Run the port holder (pulling the proxy image once if missing); its container id."""
+    return _made(plan, holder_run_argv, pull)
+
+
+def _made(plan: Plan, argv: Callable[[Plan], list[str]], pull: Callable[[str], None]) -> str:
+    """The container id `docker run -d`/`create` ARGV(PLAN) prints, the proxy image pulled once
+    if missing; the user's mistakes behind a failure in words (_in_words)."""
     from .errors import ImageError
 
     try:
         try:
-            return docker.run_docker(holder_run_argv(plan)).stdout.strip()
+            return docker.run_docker(argv(plan)).stdout.strip()
         except ImageError:
             pull(plan.image)
-            return docker.run_docker(holder_run_argv(plan)).stdout.strip()
+            return docker.run_docker(argv(plan)).stdout.strip()
     except DockerError as exc:
         raise _in_words(plan, exc) from None
 
@@ -382,16 +388,7 @@ def _make_log_dir(plan: Plan, owner: tuple[int, int] | None) -> None:
 
 def _create_proxy(plan: Plan, pull: Callable[[str], None]) -> str:
     """Create the proxy (pulling its image once if missing); returns its container id."""
-    from .errors import ImageError
-
-    try:
-        try:
-            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
-        except ImageError:
-            pull(plan.image)
-            return docker.run_docker(proxy_create_argv(plan)).stdout.strip()
-    except DockerError as exc:
-        raise _in_words(plan, exc) from None
+    return _made(plan, proxy_create_argv, pull)
 
 
 def _start_proxy(plan: Plan, proxy_id: str) -> None:

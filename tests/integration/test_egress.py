@@ -132,6 +132,12 @@ def _egress_pieces(label: str) -> tuple[list[str], list[str]]:
     return proxies, networks
 
 
+def _nothing_left(home: Home) -> None:
+    """No egress piece of HOME's on the engine, and no sandbox in its listing."""
+    assert _egress_pieces(home.label()) == ([], [])
+    assert json.loads(home("ls", "--json", check=True).stdout) == []
+
+
 @pytest.fixture(scope="module")
 def upstream(docker_engine: None) -> Iterator[Upstream]:
     up = Upstream()
@@ -576,8 +582,7 @@ def test_missing_egress_network_is_clean_failure(docker_engine: None, tmp_path: 
                 "--egress-network", "no-such-net-" + uuid.uuid4().hex[:6])
     assert proc.returncode == 2, proc.stderr
     assert b"egress network" in proc.stderr and b"Traceback" not in proc.stderr
-    assert _egress_pieces(home.label()) == ([], [])
-    assert json.loads(home("ls", "--json", check=True).stdout) == []
+    _nothing_left(home)
     assert not _docker("ps", "-aq", "--filter", "name=^nonet$")
 
 
@@ -625,8 +630,7 @@ def test_sandbox_that_cannot_run_the_handoff_is_clean_failure(upstream: Upstream
     assert proc.returncode == 2, proc.stderr
     assert b"python3 in the sandbox's image" in proc.stderr and proc.stderr.count(b"\n") == 1
     assert time.monotonic() - began < 15
-    assert _egress_pieces(home.label()) == ([], [])
-    assert json.loads(home("ls", "--json", check=True).stdout) == []
+    _nothing_left(home)
     assert not (tmp_path / "home" / "egress").exists() or \
         not any((tmp_path / "home" / "egress").iterdir())
 
@@ -655,8 +659,7 @@ def test_proxy_image_without_python_is_clean_failure(docker_engine: None, tmp_pa
     proc = home("start", "--image", BUSYBOX_IMAGE, "--allow-host", "x.test")
     assert proc.returncode == 2, proc.stderr
     assert b"--proxy-image" in proc.stderr and proc.stderr.count(b"\n") == 1
-    assert _egress_pieces(home.label()) == ([], [])
-    assert json.loads(home("ls", "--json", check=True).stdout) == []
+    _nothing_left(home)
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -716,8 +719,7 @@ def test_failed_sandbox_run_removes_the_egress_begun_beside_it(upstream: Upstrea
     try:
         assert proc.returncode != 0 and b"Traceback" not in proc.stderr, proc.stderr
         assert b"runtime" in proc.stderr
-        assert _egress_pieces(home.label()) == ([], [])
-        assert json.loads(home("ls", "--json", check=True).stdout) == []
+        _nothing_left(home)
         assert not (tmp_path / "home" / "egress" / name).exists()
     finally:
         home("purge", "--all")
@@ -736,8 +738,7 @@ def test_start_that_cannot_make_the_proxy_log_folder_leaves_nothing(tmp_path: Pa
         assert proc.returncode == 1 and proc.stderr.count(b"\n") == 1, proc.stderr
         assert b"egress" in proc.stderr and b"Traceback" not in proc.stderr
         assert not (tmp_path / "home" / "volumes" / "eglog").exists()
-        assert _egress_pieces(home.label()) == ([], [])
-        assert json.loads(home("ls", "--json", check=True).stdout) == []
+        _nothing_left(home)
     finally:
         (tmp_path / "home" / "egress").unlink(missing_ok=True)
         home("purge", "--all")
@@ -835,8 +836,7 @@ def test_proxy_that_dies_at_once_is_found_within_seconds(upstream: Upstream,
         assert proc.returncode != 0 and proc.stderr.count(b"\n") == 1, proc.stderr
         assert b"egress" in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
         assert time.monotonic() - began < 10
-        assert _egress_pieces(home.label()) == ([], [])
-        assert json.loads(home("ls", "--json", check=True).stdout) == []
+        _nothing_left(home)
     finally:
         home("purge", "--all")
         _docker("rmi", "-f", tag, check=False)
