@@ -133,8 +133,9 @@ EgressNetworkOpt = Annotated[
 ProxyImageOpt = Annotated[
     str | None,
     typer.Option(
-        "--proxy-image", metavar="IMAGE", help="Image with python3 to run the egress proxy "
-        "[default: the sandbox's image]."
+        "--proxy-image", metavar="IMAGE",
+        help="Image with python3 (3.10+) to run the egress proxy; another than the sandbox's "
+        "also runs its port holder [default: the sandbox's image]."
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]

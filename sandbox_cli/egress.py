@@ -262,7 +262,8 @@ def holder_run_argv(plan: Plan) -> list[str]:
         "--read-only", "--pids-limit", "8",
         "--memory", HOLDER_MEMORY, "--memory-swap", HOLDER_MEMORY, "--cpus", "0.5",
         "--no-healthcheck", "--log-driver", "none", *mounts,
-        "--entrypoint", "python3", plan.image, *sandbox_main_prefix()[1:], "sleep", sleep_for,
+        "--entrypoint", "python3", plan.image, *sandbox_main_prefix()[1:-1], "--sleep",
+        sleep_for,
     ]
 
 
@@ -431,11 +432,11 @@ def wait_ready(plan: Plan, container_id: str) -> None:
             raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}", [], 1, "")
         if now > look_at:
             proxy_id = plan.job.proxy_id if plan.job is not None else ""
-            if proxy_id and not _running(proxy_id) and not os.path.lexists(path):
+            if proxy_id and _running(proxy_id) is False and not os.path.lexists(path):
                 why = _proxy_failure(plan) or "it exited before it took the sandbox's port"
                 raise DockerError(f"the egress proxy of {plan.sandbox!r} failed: {why}",
                                   [], 1, "")
-            if not _running(container_id) and not os.path.lexists(path):
+            if _running(container_id) is False and not os.path.lexists(path):
                 if uses_holder(plan):
                     raise InvalidInput(f"the egress port holder ended before it gave the proxy "
                                        f"the sandbox's port: has {plan.image!r} python3?")
@@ -447,11 +448,18 @@ def wait_ready(plan: Plan, container_id: str) -> None:
         time.sleep(0.005)
 
 
-def _running(container_id: str) -> bool:
-    """Whether the container runs (a removed one, as `--rm` makes of an ended one, does not)."""
+def _running(container_id: str) -> bool | None:
+    """Whether the container runs (a removed one, as `--rm` makes of an ended one, does not);
+    None when the engine did not say (slow, or briefly unreachable: ask again later)."""
     argv = [docker.docker_binary(), "inspect", "--type", "container", "--format",
             "{{.State.Running}}", container_id]
-    return docker.run_docker(argv, check=False).stdout.strip() == "true"
+    try:
+        proc = docker.run_docker(argv, check=False, timeout=5)
+    except DockerError:  # its deadline (EngineTimeout), or no engine at all
+        return None
+    if proc.returncode == 0:
+        return proc.stdout.strip() == "true"
+    return False if "no such" in proc.stderr.lower() else None
 
 
 def _proxy_failure(plan: Plan) -> str:

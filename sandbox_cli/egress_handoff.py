@@ -3,6 +3,7 @@
 Run by the sandbox image's python3 (mounted read-only, before any code of the user's runs):
 
     python3 -I -S egress_handoff.py SOCKET PORT -- PROGRAM [ARG]...
+    python3 -I -S egress_handoff.py SOCKET PORT --sleep SECONDS    (the port holder)
 
 It makes a TCP socket listening on the sandbox's own loopback (127.0.0.1:PORT), sends that
 socket to the egress proxy over the Unix socket SOCKET (SCM_RIGHTS: the proxy, in a container
@@ -60,14 +61,17 @@ def hand_off(path: str, port: int, wait: float = WAIT) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("egress handoff: usage: SOCKET PORT -- PROGRAM [ARG]...\n")
+    if len(argv) < 4 or argv[2] not in ("--", "--sleep"):
+        sys.stderr.write("egress handoff: usage: SOCKET PORT (-- PROGRAM [ARG]... | --sleep S)\n")
         return FAILED
     try:
         hand_off(argv[0], int(argv[1]), WAIT)
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"sandbox: the egress proxy did not take the sandbox's port: {exc}\n")
         return FAILED
+    if argv[2] == "--sleep":  # the port holder: its image need not have a sleep
+        time.sleep(float(argv[3]))
+        return 0
     try:
         os.execvp(argv[3], argv[3:])
     except OSError as exc:

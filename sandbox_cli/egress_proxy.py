@@ -278,7 +278,7 @@ class Settings(NamedTuple):
     max_connections: int
     lifetime: float | None
     ready: str | None
-    started: float  # time.monotonic() at start: the lifetime counts from there
+    started: float  # time.monotonic() once the port is ours: the lifetime counts from there
 
 
 def _own_gateways() -> set[IPAddress]:
@@ -725,6 +725,8 @@ def _take_port(path: str, port: int, timeout: float = HANDOFF_TIMEOUT) -> socket
         try:
             good = (listener.family == socket.AF_INET and listener.type == socket.SOCK_STREAM
                     and listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    # no SO_REUSEPORT: no other socket can ever share the port
+                    and not listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
                     and listener.getsockname() == ("127.0.0.1", port))
         except OSError:
             good = False
@@ -794,6 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _arguments(args)
         settings.denied.update(_own_gateways())  # the egress network is attached at our start
         listener = _take_port(settings.handoff, settings.port)
+        # The sandbox's TTL runs from its own start, which the handoff is (for `run`, after
+        # its files were copied in): so does ours.
+        settings = settings._replace(started=time.monotonic())
         if settings.ready:  # tells `sandbox start` (which waits for it) that requests can come
             os.close(os.open(settings.ready, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
         first = _first_connection(settings, listener)

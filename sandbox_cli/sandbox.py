@@ -560,7 +560,7 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         if prepared.spec.storage == VOLUME:
             _make_volume(store, prepared.spec)
         with docker.env_file(prepared.env) as env_path:
-            holder = _egress_holder(prepared, progress)
+            holder = _egress_holder(prepared, progress, pull_output)
             with _egress_started(prepared, progress):
                 if holder is None:
                     container_id, spec = _create_container(prepared, env_path, build,
@@ -753,7 +753,7 @@ def hands_off_in_sandbox(record: SandboxRecord) -> bool:
     return "egress_network" in record.options and not record.options.get("port_holder")
 
 
-def _egress_holder(prepared: _Prepared, progress: Progress | None
+def _egress_holder(prepared: _Prepared, progress: Progress | None, pull_output: bool = True
                    ) -> Callable[[], str] | None:
     """What starts the port holder, for a sandbox whose handoff runs in one (egress.
     uses_holder), else None."""
@@ -764,7 +764,16 @@ def _egress_holder(prepared: _Prepared, progress: Progress | None
     plan = prepared.egress
     if not egress.uses_holder(plan):
         return None
-    return lambda: egress.start_holder(plan, lambda image: pull_image(image, progress))
+
+    def start() -> str:
+        # The sandbox's image first: the holder's and the proxy's lifetimes run from now,
+        # and the sandbox joins them only after a pull of its own image.
+        if docker.run_docker(docker.image_inspect_argv(prepared.spec.image),
+                             check=False).returncode != 0:
+            pull_image(prepared.spec.image, progress, pull_output)
+        return egress.start_holder(plan, lambda image: pull_image(image, progress, pull_output))
+
+    return start
 
 
 def _egress_ready(prepared: _Prepared, container_id: str) -> None:
