@@ -240,7 +240,7 @@ complete -c sandbox -n '__sandbox_options start' -l cap-add -x -d 'Give back a L
 complete -c sandbox -n '__sandbox_options start' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options start' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
 complete -c sandbox -n '__sandbox_options start' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
-complete -c sandbox -n '__sandbox_options start' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
+complete -c sandbox -n '__sandbox_options start' -l proxy-image -x -d 'Image with python3 (3.10+) to run the egress proxy; another than the sandbox\'s also runs its port holder [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options start' -l json -d 'Print JSON on stdout'
 complete -c sandbox -n '__sandbox_options start' -l help -s h -d 'Show this message and exit'
 
@@ -344,7 +344,7 @@ complete -c sandbox -n '__sandbox_options run' -l cap-add -x -d 'Give back a Lin
 complete -c sandbox -n '__sandbox_options run' -l storage -x -d 'Where /app lives: auto (a host folder when the engine sees this host\'s files, else an engine volume), bind or volume [default: auto]'
 complete -c sandbox -n '__sandbox_options run' -l allow-host -x -d 'Reach only these hosts, through a proxy (*.example.com: subdomains; no port: 80 and 443)'
 complete -c sandbox -n '__sandbox_options run' -l egress-network -x -d 'Engine network the proxy goes out by [default: bridge]'
-complete -c sandbox -n '__sandbox_options run' -l proxy-image -x -d 'Image with python3 to run the egress proxy [default: the sandbox\'s image]'
+complete -c sandbox -n '__sandbox_options run' -l proxy-image -x -d 'Image with python3 (3.10+) to run the egress proxy; another than the sandbox\'s also runs its port holder [default: the sandbox\'s image]'
 complete -c sandbox -n '__sandbox_options run' -l copy -r -d 'Copy files matching this glob into /app first'
 complete -c sandbox -n '__sandbox_options run' -l copy-out -x -d 'After the command (whatever its exit code), copy files under /app matching this glob to --copy-out-dest'
 complete -c sandbox -n '__sandbox_options run' -l copy-out-dest -x -d 'Host folder for --copy-out [default: the current directory]'
