@@ -95,10 +95,11 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         """The command's exit code (124 on timeout), or what the AFTER step made of it."""
-        if self.code is not None:
-            return self.code
-        out = self.outcome
-        return out.exit_code if isinstance(out, execute.ExecResult) else out.code
+        return self.code if self.code is not None else _code(self.outcome)
+
+
+def _code(outcome: execute.Outcome | execute.ExecResult) -> int:
+    return outcome.exit_code if isinstance(outcome, execute.ExecResult) else outcome.code
 
 
 def _blame_handoff_too(outcome: execute.Outcome | execute.ExecResult
@@ -156,9 +157,11 @@ def run_once(store: StateStore, options: StartOptions, command: Sequence[str], *
                 execute.stream(argv, stdin=stdin, timeout=timeout, stop=stop,
                                intercept=intercept, command=command),
                 record.container_id, began, options.memory)
-        code = outcome.exit_code if isinstance(outcome, execute.ExecResult) else outcome.code
-        if outcome.not_started and code == 127 and sandbox.hands_off_in_sandbox(record):
-            outcome = _blame_handoff_too(outcome)
+        if outcome.not_started and _code(outcome) == 127:
+            from . import egress  # (on this failure path only)
+
+            if egress.hands_off_in_sandbox(record):
+                outcome = _blame_handoff_too(outcome)
         # The attached client returned by itself: the container has ended (and --rm removes it).
         finished = not outcome.timed_out
         result = RunResult(record.name, outcome)

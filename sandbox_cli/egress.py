@@ -171,7 +171,27 @@ def _labels(plan: Plan) -> list[str]:
 
 def proxy_program_path() -> str:
     """The proxy program on this machine (mounted read-only into the proxy)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_proxy.py")
+    return _beside_us("egress_proxy.py")
+
+
+def handoff_program_path() -> str:
+    """The handoff program on this machine (mounted read-only into the sandbox)."""
+    return _beside_us("egress_handoff.py")
+
+
+def _beside_us(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+
+
+def _locked_down(plan: Plan, *, pids: int, memory: str, cpus: str) -> list[str]:
+    """What the proxy and the port holder share with the sandbox's lockdown: its user (never
+    root, never you), no capabilities, a read-only root, limits, no health check (an image's
+    HEALTHCHECK would run unbounded) and no docker log (the proxy's failure goes to
+    ERRORS_FILE)."""
+    return ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
+            "--read-only", "--pids-limit", str(pids),
+            "--memory", memory, "--memory-swap", memory, "--cpus", cpus,
+            "--no-healthcheck", "--log-driver", "none"]
 
 
 def proxy_create_argv(plan: Plan) -> list[str]:
@@ -195,11 +215,7 @@ def proxy_create_argv(plan: Plan) -> list[str]:
         docker.docker_binary(), "create", "--rm", "--pull", "never",
         "--name", plan.proxy, *_labels(plan),
         "--network", plan.egress_network,
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
-        "--read-only", "--pids-limit", str(PROXY_PIDS),
-        "--memory", PROXY_MEMORY, "--memory-swap", PROXY_MEMORY, "--cpus", "1",
-        "--no-healthcheck",  # as the sandbox: an image's HEALTHCHECK would run unbounded
-        "--log-driver", "none",  # as the sandbox; its own failure goes to ERRORS_FILE
+        *_locked_down(plan, pids=PROXY_PIDS, memory=PROXY_MEMORY, cpus="1"),
         # Python as PID 1 ignores SIGTERM: Podman's `rm -f` would wait 10 s for it first.
         "--stop-signal", "SIGKILL",
         "--env", "PYTHONDONTWRITEBYTECODE=1",
@@ -212,11 +228,6 @@ def proxy_create_argv(plan: Plan) -> list[str]:
 def proxy_start_argv(container: str) -> list[str]:
     """`docker start CONTAINER` (the proxy)."""
     return [docker.docker_binary(), "start", container]
-
-
-def handoff_program_path() -> str:
-    """The handoff program on this machine (mounted read-only into the sandbox)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "egress_handoff.py")
 
 
 def sandbox_mounts(plan: Plan) -> list[str]:
@@ -258,10 +269,7 @@ def holder_run_argv(plan: Plan) -> list[str]:
         docker.docker_binary(), "run", "-d", "--rm", "--pull", "never",
         "--name", f"{plan.proxy}-port", "--hostname", plan.sandbox, *_labels(plan),
         "--network", "none", "--init",
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", plan.user,
-        "--read-only", "--pids-limit", "8",
-        "--memory", HOLDER_MEMORY, "--memory-swap", HOLDER_MEMORY, "--cpus", "0.5",
-        "--no-healthcheck", "--log-driver", "none", *mounts,
+        *_locked_down(plan, pids=8, memory=HOLDER_MEMORY, cpus="0.5"), *mounts,
         "--entrypoint", "python3", plan.image, *sandbox_main_prefix()[1:-1], "--sleep",
         sleep_for,
     ]
@@ -451,14 +459,12 @@ def wait_ready(plan: Plan, container_id: str) -> None:
 def _running(container_id: str) -> bool | None:
     """Whether the container runs (a removed one, as `--rm` makes of an ended one, does not);
     None when the engine did not say (slow, or briefly unreachable: ask again later)."""
-    argv = [docker.docker_binary(), "inspect", "--type", "container", "--format",
-            "{{.State.Running}}", container_id]
     try:
-        proc = docker.run_docker(argv, check=False, timeout=5)
+        proc = docker.run_docker(docker.state_argv(container_id), check=False, timeout=5)
     except DockerError:  # its deadline (EngineTimeout), or no engine at all
         return None
     if proc.returncode == 0:
-        return proc.stdout.strip() == "true"
+        return proc.stdout.strip() in ("running", "paused", "restarting")
     return False if "no such" in proc.stderr.lower() else None
 
 
@@ -664,6 +670,12 @@ def _remove_log_dirs(home: str, names: Sequence[str]) -> None:
 def uses_egress(record: SandboxRecord | None) -> bool:
     """Whether a sandbox was started with an allow-list (unknown: maybe)."""
     return record is None or "egress_network" in record.options
+
+
+def hands_off_in_sandbox(record: SandboxRecord) -> bool:
+    """Whether the sandbox's first program is the handoff (an allow-list without a port
+    holder): then `run`'s command runs after it."""
+    return uses_egress(record) and not record.options.get("port_holder")
 
 
 def record_options(plan: Plan | None) -> dict[str, Any]:

@@ -560,20 +560,15 @@ def _create(store: StateStore, options: StartOptions, prepared: _Prepared,
         if prepared.spec.storage == VOLUME:
             _make_volume(store, prepared.spec)
         with docker.env_file(prepared.env) as env_path:
-            holder = _egress_holder(prepared, progress, pull_output)
-            with _egress_started(prepared, progress):
-                if holder is None:
+            if _uses_holder(prepared):
+                container_id, spec = _create_behind_holder(prepared, env_path, build,
+                                                           progress, pull_output)
+            else:
+                with _egress_started(prepared, progress):
                     container_id, spec = _create_container(prepared, env_path, build,
                                                            progress, pull_output)
-                else:  # its handoff is under way beside the proxy's start
-                    holder_id = holder()
-            if holder is not None:  # the sandbox joins the holder's loopback, once ready
-                _egress_ready(prepared, holder_id)
-                prepared.spec = prepared.spec._replace(network_mode=f"container:{holder_id}")
-                container_id, spec = _create_container(prepared, env_path, build, progress,
-                                                       pull_output)
-            elif prepared.egress is not None and build is docker.run_argv:
-                _egress_ready(prepared, container_id)  # (`run`'s command waits itself)
+                if prepared.egress is not None and build is docker.run_argv:
+                    _egress_ready(prepared, container_id)  # (`run`'s command waits itself)
         if spec.storage == VOLUME:
             _ready_volume(spec, container_id)
         ports = _bound_ports(container_id) if options.ports and build is docker.run_argv \
@@ -747,33 +742,36 @@ def _egress_started(prepared: _Prepared, progress: Progress | None) -> Any:
     return egress.provisioned(prepared.egress, lambda image: pull_image(image, progress))
 
 
-def hands_off_in_sandbox(record: SandboxRecord) -> bool:
-    """Whether the sandbox's first program is the egress handoff (--allow-host without a port
-    holder)."""
-    return "egress_network" in record.options and not record.options.get("port_holder")
-
-
-def _egress_holder(prepared: _Prepared, progress: Progress | None, pull_output: bool = True
-                   ) -> Callable[[], str] | None:
-    """What starts the port holder, for a sandbox whose handoff runs in one (egress.
-    uses_holder), else None."""
+def _uses_holder(prepared: _Prepared) -> bool:
+    """Whether the sandbox's handoff runs in a port holder (egress.uses_holder)."""
     if prepared.egress is None:
-        return None
+        return False
     from . import egress
 
-    plan = prepared.egress
-    if not egress.uses_holder(plan):
-        return None
+    return egress.uses_holder(prepared.egress)
 
-    def start() -> str:
-        # The sandbox's image first: the holder's and the proxy's lifetimes run from now,
-        # and the sandbox joins them only after a pull of its own image.
+
+def _create_behind_holder(prepared: _Prepared, env_path: str | None,
+                          build: Callable[[docker.RunSpec], list[str]],
+                          progress: Progress | None,
+                          pull_output: bool) -> tuple[str, docker.RunSpec]:
+    """_create_container for a sandbox that joins its port holder's loopback: the holder
+    starts beside the proxy, and the sandbox once the proxy holds the port."""
+    from . import egress
+
+    def pull(image: str) -> None:
+        pull_image(image, progress, pull_output)
+
+    with _egress_started(prepared, progress):
+        # The sandbox's image first: the holder's lifetime runs from its start, and the
+        # sandbox joins it only after a pull of its own image.
         if docker.run_docker(docker.image_inspect_argv(prepared.spec.image),
                              check=False).returncode != 0:
-            pull_image(prepared.spec.image, progress, pull_output)
-        return egress.start_holder(plan, lambda image: pull_image(image, progress, pull_output))
-
-    return start
+            pull(prepared.spec.image)
+        holder_id = egress.start_holder(prepared.egress, pull)
+    _egress_ready(prepared, holder_id)
+    prepared.spec = prepared.spec._replace(network_mode=f"container:{holder_id}")
+    return _create_container(prepared, env_path, build, progress, pull_output)
 
 
 def _egress_ready(prepared: _Prepared, container_id: str) -> None:

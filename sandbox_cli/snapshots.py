@@ -363,10 +363,10 @@ def snapshot(store: StateStore, name: str, tag: str | None = None,
     # So are the egress proxy's variables: the snapshot's sandboxes have a proxy of their own
     # or none (a stale HTTP_PROXY would send every request to a closed port).
     reset_keys = list(record.env_keys)
-    if "egress_network" in record.options:
-        from .egress import sandbox_env
+    from . import egress
 
-        reset_keys += sandbox_env()
+    if egress.uses_egress(record):
+        reset_keys += egress.sandbox_env()
     resets = [arg for line in _env_lines(base, reset_keys) for arg in ("--change", line)]
     argv = [docker.docker_binary(), "commit", *resets, container_ref(record)]
     committed = docker.run_docker(argv, timeout=docker.DEADLINE_CREATE).stdout.strip()

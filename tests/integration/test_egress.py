@@ -709,8 +709,8 @@ def test_proxy_listens_before_it_imports_its_server(upstream: Upstream, tmp_path
 
 def test_failed_sandbox_run_removes_the_egress_begun_beside_it(upstream: Upstream,
                                                                tmp_path: Path) -> None:
-    # Network and proxy are made while the sandbox is still being prepared and started: a
-    # start whose own `docker run` fails waits for them, then removes them (by its labels).
+    # The proxy is made while the sandbox is still being prepared and started: a
+    # start whose own `docker run` fails waits for it, then removes it (by its labels).
     home = Home(tmp_path)
     name = "egf-" + uuid.uuid4().hex[:8]
     proc = home("start", "--name", name, "--image", PYTHON_IMAGE, "--allow-host",
