@@ -142,14 +142,25 @@ def _live(dirs: list[str]) -> dict[int, _Proc]:
     return procs
 
 
+def _keeper(procs: dict[int, _Proc]) -> int | None:
+    """The host pid of the container's main process (init's first child: the sandbox's
+    sleep), which keeps the container alive and is never an exec's. It may begin after an
+    exec that follows its start closely (init forks it a moment after `docker run` returns),
+    so its start time alone would not spare it; nothing the code starts can be older."""
+    inits = {pid for pid, proc in procs.items() if proc.ns_pid == 1}
+    children = [proc for proc in procs.values() if proc.ppid in inits]
+    return min(children, key=lambda proc: (proc.started, proc.ns_pid)).pid if children else None
+
+
 def end_exec(container_id: str, marker: str, since_ticks: int, *,
              deadline: float = 10.0) -> bool | None:
     """The host-side twin of docker.KILL_SCRIPT: freeze (SIGSTOP) then SIGKILL every process
     of the container that carries MARKER, shares a session with or descends from one taken,
     or began at or after SINCE_TICKS (this kernel's clock ticks since boot: the container runs
     on it, so the client's clock is the container's). Never the container's init, nor its
-    session. Repeated until a pass finds nothing. None: not a container of this host; False:
-    not permitted, or not done by DEADLINE seconds; True: done."""
+    session, nor its main process (_keeper). Repeated until a pass finds nothing. None: not
+    a container of this host; False: not permitted, or not done by DEADLINE seconds; True:
+    done."""
     dirs = cgroup_dirs(container_id)
     if not dirs:
         return None
@@ -159,9 +170,10 @@ def end_exec(container_id: str, marker: str, since_ticks: int, *,
     while time.monotonic() < end:
         procs = _live(dirs)
         spared_sessions = {0, *(pid for pid, proc in procs.items() if proc.ns_pid == 1)}
+        keeper = _keeper(procs)
         found = False
         for pid, proc in sorted(procs.items()):
-            if pid in taken or proc.ns_pid == 1:
+            if pid in taken or proc.ns_pid == 1 or pid == keeper:
                 continue
             if not (proc.ppid in taken or proc.sid in sessions or proc.started >= since_ticks
                     or _has_marker(pid, marker)):
