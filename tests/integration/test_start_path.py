@@ -13,21 +13,29 @@ from pathlib import Path
 from tests.conftest import BUSYBOX_IMAGE, DOCKER, Runner, typer_imported
 
 
-def _ordering_shim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """SANDBOX_DOCKER: the real docker, logging when `image inspect` begins and ends and when
-    `run`/`create` begins; the inspect waits (at most 10 s) until a run or create has begun,
-    so the log shows whether the two overlap (nothing here is a timed assertion)."""
-    log, flag = tmp_path / "order.log", tmp_path / "made.flag"
+def _ordering_shim(tmp_path: Path, meet: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """SANDBOX_DOCKER: the real docker, logging when `image inspect` and `run`/`create` begin.
+    Each waits (at most 10 s) for the other to begin, and logs `inspect-met` / `VERB-met` if
+    it did: both lines prove the two overlapped, whichever the scheduler started first
+    (nothing here is a timed assertion). With MEET, a run/create waits for that flag file
+    instead of the inspect."""
+    log, made, asked = tmp_path / "order.log", tmp_path / "made.flag", tmp_path / "asked.flag"
+    meet = meet or asked
+    wait = 'i=0; while [ ! -e "$1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n'
     script = tmp_path / "docker-order"
     script.write_text(
         "#!/bin/sh\n"
-        f'log={log}; flag={flag}\n'
+        f'log={log}\n'
+        f'meets() {{ {wait}  [ -e "$1" ]; }}\n'
         'if [ "$1" = image ] && [ "$2" = inspect ]; then\n'
-        '  echo inspect-begin >> "$log"; i=0\n'
-        '  while [ ! -e "$flag" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n'
+        f'  echo inspect-begin >> "$log"; : > {asked}\n'
+        f'  if meets {made}; then echo inspect-met >> "$log"; fi\n'
         f'  {DOCKER} "$@"; rc=$?; echo inspect-end >> "$log"; exit $rc\n'
         'fi\n'
-        'case "$1" in run|create) echo "$1-begin" >> "$log"; : > "$flag";; esac\n'
+        'case "$1" in run|create)\n'
+        f'  verb=$1; echo "$verb-begin" >> "$log"; : > {made}\n'
+        f'  if meets {meet}; then echo "$verb-met" >> "$log"; fi;;\n'
+        'esac\n'
         f'exec {DOCKER} "$@"\n')
     script.chmod(0o755)
     return log, {"SANDBOX_DOCKER": str(script)}
@@ -35,9 +43,7 @@ def _ordering_shim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def _overlapped(log: Path, verb: str) -> None:
     lines = log.read_text().split()
-    assert {"inspect-begin", "inspect-end", f"{verb}-begin"} <= set(lines), lines
-    assert lines.index("inspect-begin") < lines.index(f"{verb}-begin") \
-        < lines.index("inspect-end"), lines
+    assert {"inspect-met", f"{verb}-met", "inspect-end"} <= set(lines), lines
 
 
 def test_start_asks_whether_the_image_is_a_snapshot_while_the_container_is_made(
@@ -118,10 +124,11 @@ def test_plain_run_skips_typer_and_keeps_codes_stdin_and_refusals(
 
 def test_run_caps_its_folder_while_the_container_is_created(
         docker_engine: None, sandbox: Runner, tmp_path: Path) -> None:
-    """mkfs (through a PATH shim that waits, at most 10 s, for `docker create` to begin)
-    overlaps the create, and the command still meets the cap: its folder is mounted before
-    `docker start`."""
-    log, env = _ordering_shim(tmp_path)
+    """mkfs overlaps the create, and the command still meets the cap: its folder is mounted
+    before `docker start`. Each side waits (at most 10 s) for the other to begin and logs
+    that it met it, so the log proves the overlap whichever the scheduler starts first."""
+    mkfs_began = tmp_path / "mkfs.flag"
+    log, env = _ordering_shim(tmp_path, meet=mkfs_began)
     real = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
     assert real is not None
     tools = tmp_path / "tools"
@@ -129,9 +136,9 @@ def test_run_caps_its_folder_while_the_container_is_created(
     shim = tools / "mkfs.ext4"
     shim.write_text(
         "#!/bin/sh\n"
-        f'echo mkfs-begin >> {log}; i=0\n'
-        f'while [ ! -e {tmp_path / "made.flag"} ] && [ $i -lt 100 ]; do sleep 0.1; '
-        'i=$((i + 1)); done\n'
+        f'echo mkfs-begin >> {log}; : > {mkfs_began}; made={tmp_path / "made.flag"}; i=0\n'
+        'while [ ! -e "$made" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n'
+        f'if [ -e "$made" ]; then echo mkfs-met >> {log}; fi\n'
         f'{real} "$@"; rc=$?; echo mkfs-end >> {log}; exit $rc\n')
     shim.chmod(0o755)
     env["PATH"] = f"{tools}:{os.environ['PATH']}"
@@ -140,7 +147,8 @@ def test_run_caps_its_folder_while_the_container_is_created(
                    env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = log.read_text().split()
-    assert lines.index("mkfs-begin") < lines.index("create-begin") < lines.index("mkfs-end")
+    # Each met the other before going on: neither ran before the other began.
+    assert {"create-met", "mkfs-met", "mkfs-end"} <= set(lines), lines
     said, size = proc.stdout.decode().split()
     assert said != "rc=0" and int(size) < 16 * 2**20, proc.stdout
 
